@@ -1,0 +1,64 @@
+"""One typed settings object, read from ``VIDEOSCORE_*`` environment variables.
+
+Nothing reads the environment at import time: call ``Settings()`` (or ``Settings.from_env()``) where a
+program starts, and pass the object down.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.variants import DEFAULT_MODEL
+
+
+class Settings(BaseSettings):
+    """Every knob of VideoScore Queue. The README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDEOSCORE_", extra="ignore")
+
+    # where job state lives and how jobs travel
+    database_url: str = Field("sqlite:///videoscore.db", description="SQLAlchemy URL of the job database")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis)")
+    queue: str = Field("videoscore", description="Broker queue the producer sends to and the worker reads")
+    visibility_timeout_s: int = Field(
+        300, description="Seconds before Redis redelivers an unacknowledged job (bounds recovery after a crash)"
+    )
+
+    # object storage
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint; unset means AWS")
+    s3_region: str = Field("us-east-1", description="S3 region")
+    s3_access_key_id: str | None = Field(None, description="S3 access key (else the default AWS chain)")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never logged)")
+    allowed_buckets: list[str] = Field(
+        default_factory=list, description="Buckets a worker may read (JSON list); empty allows all"
+    )
+    allow_file_uris: bool = Field(True, description="Whether workers may read file:// videos")
+    max_video_bytes: int = Field(512 * 1024 * 1024, description="Largest video a worker downloads")
+    max_video_pixels: int = Field(3840 * 2160, description="Largest frame (width × height) a worker decodes")
+
+    # the model
+    model: str = Field(DEFAULT_MODEL, description="Default model: hub id or local checkpoint folder")
+    num_frames: int | None = Field(None, description="Override the variant's frame count (rarely needed)")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Model dtype; auto means bf16 on GPU, fp32 on CPU"
+    )
+    device: str = Field("auto", description="torch device; auto picks cuda when present")
+    max_prompt_chars: int = Field(2000, description="Longest accepted prompt, in characters")
+
+    # the worker
+    batch_size: int = Field(1, description="Most videos per forward pass")
+    batch_wait_ms: int = Field(50, description="Longest wait for a batch to fill")
+    max_attempts: int = Field(3, description="Attempts before a job with transient errors fails for good")
+    soft_time_limit_s: int = Field(600, description="Per-job soft time limit")
+    hard_time_limit_s: int = Field(660, description="Per-job hard time limit")
+    work_dir: str | None = Field(None, description="Scratch folder for downloads (default: system temp)")
+
+    # the producer
+    poll_interval_s: float = Field(0.5, description="How often wait() polls the database")
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls()
