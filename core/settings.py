@@ -6,6 +6,7 @@ program starts, and pass the object down.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -62,3 +63,16 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls) -> "Settings":
         return cls()
+
+    def to_env(self) -> dict[str, str]:
+        """The VIDEOSCORE_* variables that reproduce these settings in a child process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, list):
+                value = json.dumps(value)
+            env[f"VIDEOSCORE_{name.upper()}"] = str(value)
+        return env

@@ -1,0 +1,75 @@
+"""What a scoring job asks for, validated where it is submitted so bad requests fail fast and clearly."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.errors import InvalidJobError, PromptTooLongError
+from core.variants import DEFAULT_MODEL, resolve_model
+
+ALLOWED_SCHEMES = ("s3", "file")
+MAX_TAGS = 32
+
+
+class JobRequest(BaseModel):
+    """One video to score: where it is, the prompt it was generated from, and which model scores it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    video_uri: str
+    prompt: str
+    model: str = DEFAULT_MODEL
+    batch: str | None = Field(None, max_length=200)
+    tags: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, max_length=200)
+
+    @field_validator("video_uri")
+    @classmethod
+    def _uri_has_known_scheme(cls, uri: str) -> str:
+        parsed = urlparse(uri)
+        if parsed.scheme not in ALLOWED_SCHEMES:
+            raise ValueError(f"video_uri must start with s3:// or file://, got {uri!r}")
+        if parsed.scheme == "s3" and (not parsed.netloc or not parsed.path.strip("/")):
+            raise ValueError(f"video_uri must look like s3://bucket/key, got {uri!r}")
+        if parsed.scheme == "file" and not parsed.path:
+            raise ValueError(f"video_uri must look like file:///absolute/path, got {uri!r}")
+        return uri
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_is_text(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("prompt must not be empty")
+        if "\x00" in prompt:
+            raise ValueError("prompt must not contain NUL characters")
+        return prompt
+
+    @field_validator("tags")
+    @classmethod
+    def _few_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        if len(tags) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags")
+        return tags
+
+
+def validate_job(raw: dict[str, Any] | JobRequest, *, max_prompt_chars: int) -> JobRequest:
+    """Parse and check a job request; raise an InvalidJobError subclass naming what is wrong."""
+    try:
+        job = raw if isinstance(raw, JobRequest) else JobRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidJobError(_describe_validation_error(exc)) from None
+    if len(job.prompt) > max_prompt_chars:
+        raise PromptTooLongError(f"prompt has {len(job.prompt)} characters; the limit is {max_prompt_chars}")
+    resolve_model(job.model)  # raises UnknownModelError with the list of known variants
+    return job
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid job: " + "; ".join(parts)

@@ -1,0 +1,231 @@
+"""Every query on jobs. Job state changes only here, each one a conditional UPDATE so races resolve in SQL.
+
+The state machine: queued → running → succeeded | failed, with running → queued for a retry and
+queued → cancelled. A worker *claims* a job before scoring it and *completes* it only while it still holds
+the claim, so a redelivered message never scores a job twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.jobspec import JobRequest
+from core.names import JobStatus
+from db.models import Job, utcnow
+from db.records import JobRecord, ScoreResult
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def insert_jobs(session: Session, requests: Sequence[JobRequest], *, queue: str) -> list[tuple[JobRecord, bool]]:
+    """Insert jobs; a request whose idempotency key exists returns the existing job. Returns (job, created)."""
+    keys = [r.idempotency_key for r in requests if r.idempotency_key]
+    existing = _jobs_by_idempotency_key(session, keys)
+    out: list[tuple[JobRecord, bool]] = []
+    now = utcnow()
+    for request in requests:
+        key = request.idempotency_key
+        if key and key in existing:
+            out.append((JobRecord.from_row(existing[key]), False))
+            continue
+        row = Job(
+            id=new_job_id(),
+            idempotency_key=key,
+            video_uri=request.video_uri,
+            prompt=request.prompt,
+            model=request.model,
+            batch=request.batch,
+            tags=dict(request.tags),
+            queue=queue,
+            status=JobStatus.QUEUED,
+            attempts=0,
+            created_at=now,
+        )
+        session.add(row)
+        if key:
+            existing[key] = row
+        out.append((JobRecord.from_row(row), True))
+    session.flush()
+    return out
+
+
+def _jobs_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, Job]:
+    if not keys:
+        return {}
+    rows = session.scalars(select(Job).where(Job.idempotency_key.in_(keys))).all()
+    return {row.idempotency_key: row for row in rows if row.idempotency_key}
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
+    """Record that the broker accepted these jobs' messages (the reaper looks for queued jobs without it)."""
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+
+
+def get_job(session: Session, job_id: str) -> JobRecord | None:
+    row = session.get(Job, job_id)
+    return JobRecord.from_row(row) if row else None
+
+
+def get_jobs(session: Session, job_ids: Sequence[str]) -> list[JobRecord]:
+    rows = session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
+    by_id = {row.id: row for row in rows}
+    return [JobRecord.from_row(by_id[j]) for j in job_ids if j in by_id]
+
+
+def list_jobs(
+    session: Session,
+    *,
+    batch: str | None = None,
+    status: str | None = None,
+    model: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> list[JobRecord]:
+    query = select(Job).order_by(Job.created_at, Job.id).limit(limit)
+    if batch is not None:
+        query = query.where(Job.batch == batch)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if model is not None:
+        query = query.where(Job.model == model)
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    return [JobRecord.from_row(row) for row in session.scalars(query)]
+
+
+def count_by_status(session: Session, *, batch: str | None = None) -> dict[str, int]:
+    query = select(Job.status, func.count()).group_by(Job.status)
+    if batch is not None:
+        query = query.where(Job.batch == batch)
+    return {status: count for status, count in session.execute(query)}
+
+
+def claim_job(session: Session, job_id: str, *, worker_host: str, lease: timedelta) -> JobRecord | None:
+    """Move a job to running for this worker, or return None if it is not ours to run.
+
+    Claimable: queued jobs, and running jobs whose holder stopped heartbeating for longer than `lease`
+    (its worker died; the broker redelivered the message). Succeeded, failed and cancelled jobs are not.
+    """
+    now = utcnow()
+    claimable = or_(
+        Job.status == JobStatus.QUEUED,
+        (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < now - lease),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            heartbeat_at=now,
+            worker_host=worker_host,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return get_job(session, job_id)
+
+
+def heartbeat(session: Session, job_ids: Sequence[str], *, worker_host: str) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING, Job.worker_host == worker_host)
+        .values(heartbeat_at=utcnow())
+    )
+
+
+def complete_job(session: Session, job_id: str, result: ScoreResult, *, worker_host: str, attempt: int) -> bool:
+    """Write the scores if this worker still holds the job's claim; False means someone else finished it."""
+    values = asdict(result)
+    values.update(values.pop("scores"))
+    return _finish(session, job_id, worker_host, attempt, status=JobStatus.SUCCEEDED, **values)
+
+
+def fail_job(session: Session, job_id: str, *, kind: str, message: str, worker_host: str, attempt: int) -> bool:
+    """Record a permanent failure with its reason, if this worker still holds the claim."""
+    return _finish(
+        session, job_id, worker_host, attempt, status=JobStatus.FAILED, error_kind=kind, error_message=message[:4000]
+    )
+
+
+def release_for_retry(session: Session, job_id: str, *, kind: str, message: str, worker_host: str, attempt: int) -> bool:
+    """Hand a job back to the queue after a transient error, keeping the reason for the record."""
+    result = session.execute(
+        update(Job)
+        .where(_held_by(job_id, worker_host, attempt))
+        .values(
+            status=JobStatus.QUEUED,
+            error_kind=kind,
+            error_message=message[:4000],
+            heartbeat_at=None,
+            enqueued_at=utcnow(),  # the retry message is sent right after this commit
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def fail_unclaimable(session: Session, job_id: str, *, kind: str, message: str) -> bool:
+    """Fail a job that never reached a worker's claim (e.g. its message was malformed or its attempts ran out)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(status=JobStatus.FAILED, error_kind=kind, error_message=message[:4000], finished_at=utcnow())
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def cancel_job(session: Session, job_id: str) -> bool:
+    """Cancel a job that no worker has started yet."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.attempts == 0)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def stuck_jobs(session: Session, *, unsent_for: timedelta, lease: timedelta, limit: int = 1000) -> list[JobRecord]:
+    """Jobs nobody will work on unless re-sent.
+
+    Queued jobs whose message was never confirmed sent (the producer died between commit and send), and
+    running jobs whose worker stopped heartbeating. Queued jobs with a sent message are left alone: a long
+    queue is not a stuck one, and re-sending them would flood the broker.
+    """
+    now = utcnow()
+    query = (
+        select(Job)
+        .where(
+            or_(
+                (Job.status == JobStatus.QUEUED) & Job.enqueued_at.is_(None) & (Job.created_at < now - unsent_for),
+                (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < now - lease),
+            )
+        )
+        .limit(limit)
+    )
+    return [JobRecord.from_row(row) for row in session.scalars(query)]
+
+
+def _held_by(job_id: str, worker_host: str, attempt: int):  # type: ignore[no-untyped-def]
+    return (
+        (Job.id == job_id)
+        & (Job.status == JobStatus.RUNNING)
+        & (Job.worker_host == worker_host)
+        & (Job.attempts == attempt)
+    )
+
+
+def _finish(session: Session, job_id: str, worker_host: str, attempt: int, *, status: JobStatus, **values: object) -> bool:
+    result = session.execute(
+        update(Job).where(_held_by(job_id, worker_host, attempt)).values(status=status, finished_at=utcnow(), **values)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]

@@ -1,0 +1,90 @@
+"""The schema: one row per scoring job, holding its request, its state, its scores and their provenance."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite hands back naive datetimes otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    # --- the request ---
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    video_uri: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(500))
+    batch: Mapped[str | None] = mapped_column(String(200))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    queue: Mapped[str] = mapped_column(String(200))
+
+    # --- state ---
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    error_kind: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    # --- the five aspect scores (full precision; round for display only) ---
+    visual_quality: Mapped[float | None] = mapped_column(Float)
+    temporal_consistency: Mapped[float | None] = mapped_column(Float)
+    dynamic_degree: Mapped[float | None] = mapped_column(Float)
+    text_to_video_alignment: Mapped[float | None] = mapped_column(Float)
+    factual_consistency: Mapped[float | None] = mapped_column(Float)
+
+    # --- provenance ---
+    model_revision: Mapped[str | None] = mapped_column(String(100))
+    stand_in_model: Mapped[bool | None] = mapped_column(Boolean)
+    num_frames: Mapped[int | None] = mapped_column(Integer)
+    frame_indices: Mapped[list[int] | None] = mapped_column(JSON)
+    video_etag: Mapped[str | None] = mapped_column(String(200))
+    video_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    video_total_frames: Mapped[int | None] = mapped_column(Integer)
+    video_fps: Mapped[float | None] = mapped_column(Float)
+    video_duration_s: Mapped[float | None] = mapped_column(Float)
+    video_width: Mapped[int | None] = mapped_column(Integer)
+    video_height: Mapped[int | None] = mapped_column(Integer)
+    download_s: Mapped[float | None] = mapped_column(Float)
+    decode_s: Mapped[float | None] = mapped_column(Float)
+    preprocess_s: Mapped[float | None] = mapped_column(Float)
+    forward_s: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_batch_status", "batch", "status"),
+        Index("ix_jobs_model_created", "model", "created_at"),
+    )

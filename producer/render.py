@@ -1,0 +1,53 @@
+"""Terminal views of jobs (rich tables). Scores from an untrained stand-in are always labelled as such."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.variants import ASPECTS
+from db.records import JobRecord
+from producer.client import Client
+
+SHORT = {
+    "visual_quality": "visual",
+    "temporal_consistency": "temporal",
+    "dynamic_degree": "dynamic",
+    "text_to_video_alignment": "t2v align",
+    "factual_consistency": "factual",
+}
+STAND_IN_WARNING = "UNTRAINED STAND-IN MODEL: these scores come from random weights and mean nothing"
+
+
+def results_table(records: Sequence[JobRecord], *, title: str = "VideoScore results") -> Table:
+    if any(r.stand_in_model for r in records):
+        title = f"{title}\n[bold red]{STAND_IN_WARNING}[/]"
+    table = Table(title=title, show_lines=False)
+    table.add_column("job")
+    table.add_column("video")
+    table.add_column("status")
+    for aspect in ASPECTS:
+        table.add_column(SHORT[aspect], justify="right")
+    table.add_column("model")
+    table.add_column("frames", justify="right")
+    table.add_column("error")
+    for r in records:
+        scores = r.scores
+        cells = [f"{scores[a]:.3f}" for a in ASPECTS] if scores else ["-"] * len(ASPECTS)
+        model = r.model.rstrip("/").split("/")[-1] + (" [red](stand-in)[/]" if r.stand_in_model else "")
+        error = f"{r.error_kind}: {r.error_message}" if r.error_kind and r.status != "succeeded" else ""
+        table.add_row(r.id[:8], r.video_uri, r.status, *cells, model, str(r.num_frames or "-"), error)
+    return table
+
+
+def wait_with_progress(client: Client, job_ids: list[str], *, console: Console, timeout_s: float | None) -> list[JobRecord]:
+    """Client.wait with a progress bar of finished jobs."""
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("jobs", total=len(job_ids))
+        return client.wait(
+            job_ids, timeout_s=timeout_s, on_progress=lambda done, _total: progress.update(bar, completed=done)
+        )
