@@ -1,0 +1,42 @@
+# The project's front door. `make demo` runs the whole job on one machine; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help setup demo test test-fast reference bench clean
+
+help:
+	@echo "make demo       score sample videos end to end on embedded servers (stand-in model)"
+	@echo "make test       install what the suite needs and run it (what CI runs)"
+	@echo "make reference  rebuild the mantis-vl reference environment and golden logits"
+	@echo "make bench      run the CPU benchmarks in bench/"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[worker,demo,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/videoscore demo
+
+test: setup
+	bash scripts/ensure-servers.sh
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not postgres and not slow"
+
+reference: setup
+	bash reference/setup_env.sh
+	$(BIN)/python reference/generate.py
+
+bench: setup
+	$(BIN)/python bench/frames.py
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .venv-reference .pytest_cache build *.egg-info
