@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(1, description="Most videos per forward pass")
     batch_wait_ms: int = Field(50, description="Longest wait for a batch to fill")
     max_attempts: int = Field(3, description="Attempts before a job with transient errors fails for good")
-    soft_time_limit_s: int = Field(600, description="Per-job soft time limit")
-    hard_time_limit_s: int = Field(660, description="Per-job hard time limit")
+    score_timeout_s: int = Field(
+        600, description="Longest a job waits for its forward pass before failing with kind time_limit"
+    )
     work_dir: str | None = Field(None, description="Scratch folder for downloads (default: system temp)")
 
     # the producer

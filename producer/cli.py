@@ -24,7 +24,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
-console = Console()
+# Piped output (CI logs, `| less`) gets a table wide enough to read instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _settings() -> Settings:

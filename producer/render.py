@@ -23,24 +23,29 @@ STAND_IN_WARNING = "UNTRAINED STAND-IN MODEL: these scores come from random weig
 
 
 def results_table(records: Sequence[JobRecord], *, title: str = "VideoScore results") -> Table:
+    """One row per job: where the video is, its state, the five scores (3 decimals) or why it failed."""
+    models = sorted({_short_model(r.model) + (" (untrained stand-in)" if r.stand_in_model else "") for r in records})
+    title = f"{title}\nmodel: {', '.join(models) or '-'}"
     if any(r.stand_in_model for r in records):
         title = f"{title}\n[bold red]{STAND_IN_WARNING}[/]"
-    table = Table(title=title, show_lines=False)
-    table.add_column("job")
-    table.add_column("video")
-    table.add_column("status")
+    table = Table(title=title)
+    table.add_column("job", no_wrap=True)
+    table.add_column("video", overflow="fold")
+    table.add_column("status", no_wrap=True)
     for aspect in ASPECTS:
-        table.add_column(SHORT[aspect], justify="right")
-    table.add_column("model")
+        table.add_column(SHORT[aspect], justify="right", no_wrap=True)
     table.add_column("frames", justify="right")
-    table.add_column("error")
+    table.add_column("error", overflow="fold")
     for r in records:
         scores = r.scores
         cells = [f"{scores[a]:.3f}" for a in ASPECTS] if scores else ["-"] * len(ASPECTS)
-        model = r.model.rstrip("/").split("/")[-1] + (" [red](stand-in)[/]" if r.stand_in_model else "")
         error = f"{r.error_kind}: {r.error_message}" if r.error_kind and r.status != "succeeded" else ""
-        table.add_row(r.id[:8], r.video_uri, r.status, *cells, model, str(r.num_frames or "-"), error)
+        table.add_row(r.id[:8], r.video_uri, r.status, *cells, str(r.num_frames or "-"), error)
     return table
+
+
+def _short_model(model: str) -> str:
+    return model.rstrip("/").split("/")[-1]
 
 
 def wait_with_progress(client: Client, job_ids: list[str], *, console: Console, timeout_s: float | None) -> list[JobRecord]:

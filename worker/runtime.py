@@ -39,7 +39,7 @@ class Runtime:
         return StageLimits(
             max_pixels=self.settings.max_video_pixels,
             num_frames_override=self.settings.num_frames,
-            result_timeout_s=float(self.settings.soft_time_limit_s),
+            result_timeout_s=float(self.settings.score_timeout_s),
         )
 
 
