@@ -36,6 +36,7 @@ class JobRecord:
     stand_in_model: bool | None
     num_frames: int | None
     frame_indices: list[int] | None
+    video_etag: str | None
     video_bytes: int | None
     video_total_frames: int | None
     video_fps: float | None

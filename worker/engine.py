@@ -180,7 +180,7 @@ class Engine:
     @staticmethod
     def _prompt_fits(scorer: Scorer, item: _Pending) -> bool:
         try:
-            scorer.check_prompt(item.request.prompt)
+            scorer.check_prompt(item.request.prompt, len(item.request.frames))
         except VideoScoreError as exc:
             item.future.set_exception(exc)
             return False

@@ -59,7 +59,7 @@ def uploaded_videos(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Serve
         "truncated.mp4": media.make_truncated_video(folder / "truncated.mp4"),
         "not-a-video.mp4": media.make_not_a_video(folder / "not-a-video.mp4"),
         "audio-only.m4a": media.make_audio_only(folder / "audio-only.m4a"),
-        "zero-frames.mp4": media.make_zero_frame_video(folder / "zero-frames.mp4"),
+        "zero-frames.mkv": media.make_zero_frame_video(folder / "zero-frames.mkv"),
         "huge-resolution.mp4": media.make_video(folder / "huge-resolution.mp4", frames=2, size=(1280, 720)),
     }
     huge = folder / "huge-file.mp4"
@@ -149,7 +149,7 @@ BAD_INPUTS = [
     ("not a video", "s3://pipeline-videos/not-a-video.mp4", None, "video_decode_error", ""),
     ("truncated video", "s3://pipeline-videos/truncated.mp4", None, "video_decode_error", ""),
     ("audio only", "s3://pipeline-videos/audio-only.m4a", None, "video_decode_error", "video stream"),
-    ("zero frames", "s3://pipeline-videos/zero-frames.mp4", None, "video_decode_error", ""),
+    ("zero frames", "s3://pipeline-videos/zero-frames.mkv", None, "video_decode_error", ""),
     ("huge resolution", "s3://pipeline-videos/huge-resolution.mp4", None, "video_too_large", "1280"),
     ("huge file", "s3://pipeline-videos/huge-file.mp4", None, "video_too_large", "limit"),
     ("over-long prompt", "s3://pipeline-videos/short.mp4", "word " * 60_000, "prompt_too_long", ""),
