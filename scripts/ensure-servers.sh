@@ -15,9 +15,9 @@ if ((${#missing[@]})); then
   fi
   echo "installing ${missing[*]} …"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
   # Install the binaries only; Debian's packaging may try to start services, which the tests do not use.
-  RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  RUNLEVEL=1 apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts its own redis/postgres service on install; the suite uses its own instances, so stop them.
   (service redis-server stop || true) >/dev/null 2>&1
   (service postgresql stop || true) >/dev/null 2>&1
