@@ -1,0 +1,1 @@
+"""The model card reference: its pinned environment, the recipe, the golden generator and its output."""
