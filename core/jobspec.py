@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -12,6 +12,8 @@ from core.variants import DEFAULT_MODEL, resolve_model
 
 ALLOWED_SCHEMES = ("s3", "file")
 MAX_TAGS = 32
+PRIORITIES = ("high", "normal", "low")
+Priority = Literal["high", "normal", "low"]
 
 
 class JobRequest(BaseModel):
@@ -25,6 +27,8 @@ class JobRequest(BaseModel):
     batch: str | None = Field(None, max_length=200)
     tags: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, max_length=200)
+    priority: Priority = "normal"  # picks the broker queue (core.queueing.queue_for)
+    force: bool = False  # score again even if the same video, prompt and model already have scores
 
     @field_validator("video_uri")
     @classmethod
@@ -52,7 +56,28 @@ class JobRequest(BaseModel):
     def _few_tags(cls, tags: dict[str, str]) -> dict[str, str]:
         if len(tags) > MAX_TAGS:
             raise ValueError(f"at most {MAX_TAGS} tags")
+        for key, value in tags.items():
+            if not key or len(key) > 100 or len(value) > 500:
+                raise ValueError("tag keys must be 1-100 characters and values at most 500")
+            _storable(key)
+            _storable(value)
         return tags
+
+    @field_validator("video_uri", "prompt", "model", "batch", "idempotency_key")
+    @classmethod
+    def _storable_text(cls, value: str | None) -> str | None:
+        return None if value is None else _storable(value)
+
+
+def _storable(text: str) -> str:
+    """Refuse text a database cannot store: NUL (PostgreSQL rejects it) and lone surrogates (not UTF-8)."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return text
 
 
 def validate_job(raw: dict[str, Any] | JobRequest, *, max_prompt_chars: int) -> JobRequest:

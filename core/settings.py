@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         300, description="Seconds before Redis redelivers an unacknowledged job (bounds recovery after a crash)"
     )
+    queue_per_model: bool = Field(
+        False, description="Send each model's jobs to its own queue, <queue>.<model-slug>[.high|.low]"
+    )
+    worker_queues: list[str] = Field(
+        default_factory=list,
+        description="Queues a worker reads, first = most urgent (JSON list); empty: the default model's three",
+    )
 
     # object storage
     s3_endpoint_url: str | None = Field(None, description="S3 API endpoint; unset means AWS")
@@ -61,6 +68,18 @@ class Settings(BaseSettings):
     # the producer
     poll_interval_s: float = Field(0.5, description="How often wait() polls the database")
 
+    # the REST API and batch webhooks
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list, description="Bearer tokens the REST API accepts (JSON list); empty refuses every call"
+    )
+    api_max_body_bytes: int = Field(16 * 1024 * 1024, description="Largest request body the REST API reads")
+    api_max_jobs_per_request: int = Field(10_000, description="Most jobs one POST /jobs may submit")
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs batch webhooks (X-VideoScore-Signature header)"
+    )
+    webhook_max_attempts: int = Field(5, description="Deliveries tried per batch webhook (exponential backoff)")
+    webhook_timeout_s: float = Field(10.0, description="Seconds a webhook receiver has to answer")
+
     @classmethod
     def from_env(cls) -> "Settings":
         return cls()
@@ -74,6 +93,6 @@ class Settings(BaseSettings):
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             if isinstance(value, list):
-                value = json.dumps(value)
+                value = json.dumps([v.get_secret_value() if isinstance(v, SecretStr) else v for v in value])
             env[f"VIDEOSCORE_{name.upper()}"] = str(value)
         return env

@@ -8,11 +8,14 @@ the claim, so a redelivered message never scores a job twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, fields
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from core.jobspec import JobRequest
@@ -25,48 +28,88 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def insert_jobs(session: Session, requests: Sequence[JobRequest], *, queue: str) -> list[tuple[JobRecord, bool]]:
-    """Insert jobs; a request whose idempotency key exists returns the existing job. Returns (job, created)."""
-    keys = [r.idempotency_key for r in requests if r.idempotency_key]
-    existing = _jobs_by_idempotency_key(session, keys)
-    out: list[tuple[JobRecord, bool]] = []
+def insert_jobs(
+    session: Session, requests: Sequence[JobRequest], *, queue: str | Callable[[JobRequest], str]
+) -> list[tuple[JobRecord, bool]]:
+    """Insert jobs; a request whose idempotency key exists returns the existing job. Returns (job, created).
+
+    Multi-row INSERT … ON CONFLICT (idempotency_key) DO NOTHING: safe under concurrent submits of one key on
+    PostgreSQL (the later row is skipped, never an IntegrityError) and fast in bulk; rows whose key already
+    existed are then read back. A key repeated within one call names one job. `queue` is a queue name, or a
+    function of the request (its model and priority pick the queue).
+    """
     now = utcnow()
+    rows: list[dict[str, Any]] = []
+    plan: list[int] = []  # for each request, the index of the row that answers it
+    first_with_key: dict[str, int] = {}
     for request in requests:
         key = request.idempotency_key
-        if key and key in existing:
-            out.append((JobRecord.from_row(existing[key]), False))
+        if key is not None and key in first_with_key:
+            plan.append(first_with_key[key])
             continue
-        row = Job(
-            id=new_job_id(),
-            idempotency_key=key,
-            video_uri=request.video_uri,
-            prompt=request.prompt,
-            model=request.model,
-            batch=request.batch,
-            tags=dict(request.tags),
-            queue=queue,
-            status=JobStatus.QUEUED,
-            attempts=0,
-            created_at=now,
-        )
-        session.add(row)
-        if key:
-            existing[key] = row
-        out.append((JobRecord.from_row(row), True))
-    session.flush()
+        if key is not None:
+            first_with_key[key] = len(rows)
+        plan.append(len(rows))
+        rows.append({
+            "id": new_job_id(), "idempotency_key": key, "video_uri": request.video_uri, "prompt": request.prompt,
+            "model": request.model, "batch": request.batch, "tags": dict(request.tags),
+            "queue": queue(request) if callable(queue) else queue, "status": JobStatus.QUEUED.value,
+            "attempts": 0, "created_at": now, "priority": request.priority, "force": request.force,
+        })
+    statement = _insert_skipping_known_keys(session)
+    for start in range(0, len(rows), CHUNK):
+        session.execute(statement, rows[start:start + CHUNK])
+    existing = _jobs_by_idempotency_key(session, list(first_with_key))
+    answers: list[tuple[JobRecord, bool]] = []
+    for row in rows:
+        key = row["idempotency_key"]
+        earlier = existing.get(key) if key is not None else None
+        if earlier is not None and earlier.id != row["id"]:
+            answers.append((JobRecord.from_row(earlier), False))
+        else:
+            answers.append((_record_from_values(row), True))
+    out: list[tuple[JobRecord, bool]] = []
+    answered: set[int] = set()
+    for index in plan:
+        record, created = answers[index]
+        out.append((record, created and index not in answered))
+        answered.add(index)
     return out
 
 
+CHUNK = 5000  # rows per INSERT and keys per IN (…): well under SQLite's 32,766 bound parameters
+_NULL_RECORD = {f.name: None for f in fields(JobRecord)}
+
+
+def _insert_skipping_known_keys(session: Session):  # type: ignore[no-untyped-def]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    if dialect == "sqlite":
+        return sqlite_insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return insert(Job)
+
+
+def _record_from_values(values: dict[str, Any]) -> JobRecord:
+    return JobRecord(**{**_NULL_RECORD, **values})
+
+
 def _jobs_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, Job]:
-    if not keys:
-        return {}
-    rows = session.scalars(select(Job).where(Job.idempotency_key.in_(keys))).all()
-    return {row.idempotency_key: row for row in rows if row.idempotency_key}
+    found: dict[str, Job] = {}
+    for start in range(0, len(keys), CHUNK):
+        rows = session.scalars(select(Job).where(Job.idempotency_key.in_(keys[start:start + CHUNK]))).all()
+        found.update({row.idempotency_key: row for row in rows if row.idempotency_key})
+    return found
 
 
 def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
     """Record that the broker accepted these jobs' messages (the reaper looks for queued jobs without it)."""
-    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+    now = utcnow()
+    for start in range(0, len(job_ids), CHUNK):
+        session.execute(
+            update(Job).where(Job.id.in_(job_ids[start:start + CHUNK])).values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def get_job(session: Session, job_id: str) -> JobRecord | None:

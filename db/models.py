@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -46,6 +59,8 @@ class Job(Base):
     batch: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     queue: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default=text("'normal'"))
+    force: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # --- state ---
     status: Mapped[str] = mapped_column(String(16))
@@ -82,9 +97,31 @@ class Job(Base):
     decode_s: Mapped[float | None] = mapped_column(Float)
     preprocess_s: Mapped[float | None] = mapped_column(Float)
     forward_s: Mapped[float | None] = mapped_column(Float)
+    # set when the scores were copied from an earlier job on the same video content, prompt and model
+    deduplicated_from: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_batch_status", "batch", "status"),
         Index("ix_jobs_model_created", "model", "created_at"),
+        Index("ix_jobs_created_id", "created_at", "id"),  # keyset pagination over all jobs
+        Index("ix_jobs_dedupe", "video_etag", "model"),  # content dedupe: earlier scores of the same object
     )
+
+
+class Batch(Base):
+    """Per-batch settings that outlive any one job: the completion webhook and its delivery record.
+
+    A batch exists as jobs' `batch` name without a row here; a row appears when someone registers a webhook.
+    """
+
+    __tablename__ = "batches"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    # claimed by exactly one caller (conditional UPDATE … WHERE webhook_sent_at IS NULL), then delivered
+    webhook_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    webhook_last_error: Mapped[str | None] = mapped_column(Text)

@@ -48,6 +48,9 @@ class JobRecord:
     preprocess_s: float | None
     forward_s: float | None
     idempotency_key: str | None
+    priority: str
+    force: bool
+    deduplicated_from: str | None
 
     @classmethod
     def from_row(cls, row: Job) -> "JobRecord":
@@ -87,3 +90,4 @@ class ScoreResult:
     decode_s: float
     preprocess_s: float
     forward_s: float
+    deduplicated_from: str | None = None  # the job whose scores these are, when answered without the GPU

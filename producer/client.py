@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 from core.errors import VideoScoreError
 from core.jobspec import JobRequest, validate_job
 from core.names import TERMINAL_STATUSES
-from core.queueing import enqueue_jobs, make_celery_app
+from core.queueing import enqueue_pipelined, make_celery_app, queue_for
 from core.settings import Settings
 from db import jobs as job_queries
+from db import queries
+from db.queries import GroupStats, JobFilter, Page
 from db.records import JobRecord
 from db.session import Database
+from producer.webhooks import check_webhook_url, fire_if_batch_complete
 
 
 class JobTimeoutError(VideoScoreError):
@@ -45,18 +48,64 @@ class Client:
         """Submit one job; `fields` may set model, batch, tags and idempotency_key."""
         return self.submit_many([{"video_uri": video_uri, "prompt": prompt, **fields}])[0]
 
-    def submit_many(self, requests: Iterable[dict[str, Any] | JobRequest]) -> list[JobRecord]:
-        """Validate every request, insert them in one transaction, then enqueue the new ones."""
+    def submit_many(
+        self,
+        requests: Iterable[dict[str, Any] | JobRequest],
+        *,
+        chunk_size: int = 5000,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[JobRecord]:
+        """Validate every request (all or nothing), then insert and enqueue them `chunk_size` at a time.
+
+        Each chunk is one transaction, committed before its messages are sent; a producer that dies between
+        the two leaves rows the workers' reaper re-sends. Messages go to each job's queue (model, priority).
+        """
         valid = [validate_job(r, max_prompt_chars=self.settings.max_prompt_chars) for r in requests]
-        with self.db.transaction() as session:
-            inserted = job_queries.insert_jobs(session, valid, queue=self.settings.queue)
-        new_ids = [job.id for job, created in inserted if created]
-        if new_ids:
-            # Only after the commit: a worker must never receive an id whose row it cannot see yet.
-            enqueue_jobs(self._celery, new_ids, queue=self.settings.queue)
+        return self.submit_valid(valid, chunk_size=chunk_size, on_progress=on_progress)
+
+    def submit_valid(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        chunk_size: int = 5000,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[JobRecord]:
+        """`submit_many` for requests already checked with `validate_job` (the manifest reader does so)."""
+        return [job for job, _ in self.submit_detailed(requests, chunk_size=chunk_size, on_progress=on_progress)]
+
+    def submit_detailed(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        chunk_size: int = 5000,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[tuple[JobRecord, bool]]:
+        """`submit_valid`, also saying of each job whether it is new (False: its idempotency key existed)."""
+        out: list[tuple[JobRecord, bool]] = []
+        queue_of = self.queue_of
+        for start in range(0, len(requests), chunk_size):
+            chunk = requests[start:start + chunk_size]
             with self.db.transaction() as session:
-                job_queries.mark_enqueued(session, new_ids)
-        return [job for job, _ in inserted]
+                inserted = job_queries.insert_jobs(session, chunk, queue=queue_of)
+            by_queue: dict[str, list[str]] = {}
+            for job, created in inserted:
+                if created:
+                    by_queue.setdefault(job.queue, []).append(job.id)
+            # Only after the commit: a worker must never receive an id whose row it cannot see yet.
+            for queue, ids in by_queue.items():
+                enqueue_pipelined(self._celery, ids, queue=queue)
+            new_ids = [i for ids in by_queue.values() for i in ids]
+            if new_ids:
+                with self.db.transaction() as session:
+                    job_queries.mark_enqueued(session, new_ids)
+            out.extend(inserted)
+            if on_progress:
+                on_progress(len(out), len(requests))
+        return out
+
+    def queue_of(self, request: JobRequest) -> str:
+        """The broker queue a request goes to (see core.queueing.queue_for)."""
+        return queue_for(self.settings, request.model, request.priority)
 
     # --- reading ---
 
@@ -68,6 +117,42 @@ class Client:
                 limit: int = 1000) -> list[JobRecord]:
         with self.db.transaction() as session:
             return job_queries.list_jobs(session, batch=batch, status=status, model=model, limit=limit)
+
+    def search(self, where: JobFilter | None = None, *, limit: int = 100, cursor: str | None = None) -> Page:
+        """One page of jobs matching `where` (batch, model, status, tags, time window, score bounds)."""
+        with self.db.transaction() as session:
+            return queries.search_jobs(session, where or JobFilter(), limit=limit, cursor=cursor)
+
+    def iter_jobs(self, where: JobFilter | None = None) -> Iterator[JobRecord]:
+        """Every job matching `where`, in creation order, read in pages (for exports)."""
+        with self.db.transaction() as session:
+            yield from queries.iter_jobs(session, where or JobFilter())
+
+    def batch(self, name: str) -> queries.BatchSummary | None:
+        """Counts by status, progress, score statistics and webhook state of a batch."""
+        with self.db.transaction() as session:
+            return queries.batch_summary(session, name)
+
+    def aggregate(self, group_by: Literal["batch", "model"], where: JobFilter | None = None) -> list[GroupStats]:
+        """Per batch or model: succeeded jobs, mean and p10/p50/p90 of each aspect."""
+        with self.db.transaction() as session:
+            return queries.aggregate(session, group_by, where)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job no worker has started; False if it has started, finished or does not exist."""
+        with self.db.transaction() as session:
+            cancelled = job_queries.cancel_job(session, job_id)
+            batch = job_queries.get_job(session, job_id).batch if cancelled else None  # type: ignore[union-attr]
+        if cancelled:
+            fire_if_batch_complete(self.db, self.settings, batch)
+        return cancelled
+
+    def set_batch_webhook(self, batch: str, url: str) -> None:
+        """Call `url` once when every job of `batch` has finished (now, if it already has)."""
+        check_webhook_url(url)
+        with self.db.transaction() as session:
+            queries.set_batch_webhook(session, batch, url)
+        fire_if_batch_complete(self.db, self.settings, batch)
 
     def wait(
         self,
