@@ -15,7 +15,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[worker,demo,test]'
+	$(BIN)/python -m pip install -q -e '.[worker,demo,test,api,report,export]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -21,11 +21,15 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    video_uri: str
-    prompt: str
-    model: str = DEFAULT_MODEL
+    # json_schema_extra documents (in the API's OpenAPI) what the validators below enforce
+    video_uri: str = Field(json_schema_extra={"pattern": r"^(s3://[^/]+/.+|file:///.+)$",
+                                              "examples": ["s3://gen-videos/run42/0001.mp4"]})
+    prompt: str = Field(json_schema_extra={"pattern": r"\S", "examples": ["a cat surfing a wave at sunset"]})
+    model: str = Field(DEFAULT_MODEL, description="A VideoScore hub id (see core.variants) or a local folder")
     batch: str | None = Field(None, max_length=200)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "maxProperties": MAX_TAGS, "propertyNames": {"minLength": 1, "maxLength": 100},
+        "additionalProperties": {"type": "string", "maxLength": 500}})
     idempotency_key: str | None = Field(None, max_length=200)
     priority: Priority = "normal"  # picks the broker queue (core.queueing.queue_for)
     force: bool = False  # score again even if the same video, prompt and model already have scores

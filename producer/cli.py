@@ -6,6 +6,7 @@ Producer commands import nothing heavy; `worker`, `demo` and `model` import the 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +18,7 @@ from core.errors import VideoScoreError
 from core.settings import Settings
 from core.variants import DEFAULT_MODEL
 from producer.client import Client
+from producer.manifest import is_manifest
 from producer.render import results_table, wait_with_progress
 
 app = typer.Typer(help="VideoScore Queue: score AI-generated videos at fleet scale.", no_args_is_help=True)
@@ -39,20 +41,84 @@ def _fail(message: str) -> None:
 
 @app.command()
 def submit(
-    video_uri: Annotated[str, typer.Argument(help="s3://bucket/key or file:///path")],
-    prompt: Annotated[str, typer.Option(help="The text the video was generated from")],
-    model: Annotated[str, typer.Option(help="Hub id or local checkpoint folder")] = DEFAULT_MODEL,
-    batch: Annotated[Optional[str], typer.Option(help="Batch name, for grouping and queries")] = None,
+    target: Annotated[str, typer.Argument(
+        help="s3://bucket/key or file:///path of one video, or a manifest of many (.jsonl, .ndjson or .csv)")],
+    prompt: Annotated[Optional[str], typer.Option(help="The text the video was generated from (one video)")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub id or local checkpoint folder (manifest: default)")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="Batch name, for grouping and queries (manifest: default)")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Same key, same job")] = None,
+    priority: Annotated[Optional[str], typer.Option(help="high, normal or low (manifest: default)")] = None,
+    force: Annotated[bool, typer.Option(help="Score even if the same content was scored before")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Manifest: submit the valid rows, report the bad ones")] = False,
+    webhook: Annotated[Optional[str], typer.Option(help="URL POSTed once when --batch completes")] = None,
 ) -> None:
-    """Submit one scoring job and print its id."""
-
+    """Submit one scoring job and print its id, or every row of a manifest file with a progress bar."""
+    settings = _settings()
+    if is_manifest(target):
+        if prompt or idempotency_key:
+            _fail("--prompt and --idempotency-key are per row in a manifest")
+        defaults = {"model": model, "batch": batch, "priority": priority, "force": force or None}
+        _submit_manifest(settings, Path(target), defaults, skip_invalid=skip_invalid, webhook=webhook, batch=batch)
+        return
+    if not prompt:
+        _fail("--prompt is required when submitting one video")
+    fields = {"model": model or DEFAULT_MODEL, "batch": batch, "idempotency_key": idempotency_key,
+              "priority": priority or "normal", "force": force}
     try:
-        with Client(_settings()) as client:
-            job = client.submit(video_uri, prompt, model=model, batch=batch, idempotency_key=idempotency_key)
+        with Client(settings) as client:
+            if webhook:
+                _set_webhook(client, batch, webhook)
+            job = client.submit(target, prompt, **fields)
     except VideoScoreError as exc:
         _fail(exc.message)
     typer.echo(job.id)
+
+
+def _set_webhook(client: Client, batch: str | None, url: str) -> None:
+    if not batch:
+        _fail("--webhook needs --batch: the webhook fires when that batch completes")
+    try:
+        client.set_batch_webhook(batch, url)  # type: ignore[arg-type]
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _submit_manifest(settings: Settings, path: Path, defaults: dict[str, object], *, skip_invalid: bool,
+                     webhook: str | None, batch: str | None) -> None:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from producer.manifest import read_manifest
+
+    started = time.perf_counter()
+    try:
+        manifest = read_manifest(path, max_prompt_chars=settings.max_prompt_chars, defaults=defaults)
+    except VideoScoreError as exc:
+        _fail(exc.message)
+    for error in manifest.errors[:50]:
+        console.print(f"[red]{path}:{error.line}:[/] {error.message}", highlight=False)
+    if len(manifest.errors) > 50:
+        console.print(f"[red]… and {len(manifest.errors) - 50} more bad rows[/]")
+    if manifest.errors and not skip_invalid:
+        _fail(f"{len(manifest.errors)} of {manifest.rows} rows are invalid; nothing was submitted "
+              "(fix them, or pass --skip-invalid to submit the rest)")
+    if not manifest.requests:
+        _fail("no valid rows to submit")
+    columns = (TextColumn("submitting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Client(settings) as client:
+        if webhook:
+            _set_webhook(client, batch, webhook)
+        with Progress(*columns, console=console, transient=not sys.stdout.isatty()) as progress:
+            bar = progress.add_task("jobs", total=len(manifest.requests))
+            results = client.submit_detailed(
+                manifest.requests, on_progress=lambda done, _total: progress.update(bar, completed=done))
+    elapsed = time.perf_counter() - started
+    created = sum(1 for _, new in results if new)
+    console.print(
+        f"submitted {len(results):,} jobs from {path} ({created:,} new, {len(results) - created:,} already known "
+        f"by idempotency key; {len(manifest.errors):,} bad rows skipped) in {elapsed:.1f}s "
+        f"({len(results) / elapsed:,.0f} jobs/s)", highlight=False)
 
 
 @app.command()
@@ -103,8 +169,13 @@ def worker(
     preload: Annotated[bool, typer.Option(help="Load the default model before taking jobs")] = True,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     hostname: Annotated[Optional[str], typer.Option(help="Celery node name")] = None,
+    queues: Annotated[Optional[str], typer.Option(
+        help="Queues to read, most urgent first, e.g. videoscore.high,videoscore (default: all three of "
+             "the default model's)")] = None,
 ) -> None:
     """Run a GPU worker (needs the worker extra installed)."""
+    if queues:  # through the environment, so that --gpus children read the same queues
+        os.environ["VIDEOSCORE_WORKER_QUEUES"] = json.dumps([q.strip() for q in queues.split(",") if q.strip()])
     from worker.main import run_worker
 
     run_worker(_settings(), concurrency=concurrency, preload=preload, loglevel=loglevel, hostname=hostname)
@@ -119,6 +190,24 @@ def demo(
     from worker.demo import run_demo
 
     sys.exit(run_demo(console, videos=videos, workdir=workdir))
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve the REST API with uvicorn (needs the api extra); OpenAPI at /openapi.json, docs at /docs."""
+    import uvicorn
+
+    from api import create_app
+
+    settings = _settings()
+    if not settings.api_tokens:
+        console.print("[yellow]warning:[/] VIDEOSCORE_API_TOKENS is empty: every call but /healthz and /readyz "
+                      "is refused (401)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 @db_app.command("upgrade")

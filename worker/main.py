@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from core.queueing import make_celery_app
+from core.queueing import make_celery_app, worker_queues
 from core.settings import Settings
 from core.variants import resolve_model
 from worker.maintenance import Maintenance
@@ -35,7 +35,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, preload: b
         "worker",
         "--pool=threads",
         f"--concurrency={threads}",
-        f"--queues={settings.queue}",
+        f"--queues={','.join(worker_queues(settings))}",  # most urgent first (see core.queueing)
         f"--loglevel={loglevel}",
         "--without-gossip",
         "--without-mingle",
