@@ -6,10 +6,13 @@ Persisting the result is the task's business (worker.tasks), so this code never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
-from core.variants import ASPECTS, resolve_model
+from core.variants import ASPECTS, ModelSpec, resolve_model
+from db.queries import ContentKey
 from db.records import JobRecord, ScoreResult
+from worker.dedupe import FindScored, checkpoint_revision_of
 from worker.engine import Engine
 from worker.frames import sample_video
 from worker.scorer import ScoreRequest
@@ -23,8 +26,13 @@ class StageLimits:
     result_timeout_s: float
 
 
-def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: StageLimits) -> ScoreResult:
+def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: StageLimits,
+                  find_scored: FindScored | None = None) -> ScoreResult:
     spec = resolve_model(job.model)
+    if find_scored is not None and not job.force:
+        earlier = _scored_before(job, spec, store, find_scored, limits)
+        if earlier is not None:
+            return earlier
     num_frames = limits.num_frames_override or spec.num_frames
     with store.fetch(job.video_uri) as fetched:
         sampled = sample_video(fetched.path, num_frames, max_pixels=limits.max_pixels)
@@ -49,3 +57,17 @@ def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: 
         preprocess_s=outcome.preprocess_s,
         forward_s=outcome.forward_s,
     )
+
+
+def _scored_before(job: JobRecord, spec: ModelSpec, store: VideoStore, find_scored: FindScored,
+                   limits: StageLimits) -> ScoreResult | None:
+    """Content dedupe (worker.dedupe): the scores of an earlier job on the same ETag, prompt, model, revision
+    and frame count, found with one HEAD and one query instead of a download, a decode and a forward pass."""
+    started = time.perf_counter()
+    etag = store.etag(job.video_uri)
+    revision = checkpoint_revision_of(spec.source)
+    if etag is None or revision == "unknown":
+        return None
+    num_frames = limits.num_frames_override or spec.num_frames
+    earlier = find_scored(ContentKey(etag, job.prompt, job.model, revision, num_frames))
+    return None if earlier is None else replace(earlier, download_s=time.perf_counter() - started)

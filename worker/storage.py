@@ -80,6 +80,26 @@ class VideoStore:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    def etag(self, uri: str) -> str | None:
+        """The S3 object's ETag from a HEAD (no body read), for content dedupe; None for file:// videos.
+
+        Checks the allowlist and classifies errors like `fetch`, so a missing object fails here already.
+        """
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            return None
+        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        allowed = self.settings.allowed_buckets
+        if allowed and bucket not in allowed:
+            raise VideoAccessDeniedError(f"bucket {bucket!r} is not in this worker's allowlist")
+        try:
+            response = self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            raise _classify_client_error(exc, bucket, key) from None
+        except BotoCoreError as exc:
+            raise StorageUnavailableError(f"S3 unreachable while reading s3://{bucket}/{key}: {exc}") from None
+        return str(response.get("ETag", "")).strip('"') or None
+
     def _fetch_file(self, path: Path) -> FetchedVideo:
         if not self.settings.allow_file_uris:
             raise VideoAccessDeniedError("file:// videos are disabled on this worker (VIDEOSCORE_ALLOW_FILE_URIS)")

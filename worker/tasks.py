@@ -27,6 +27,8 @@ from core.errors import (
 from core.names import TASK_SCORE_JOB
 from db import jobs as job_queries
 from db.records import JobRecord
+from producer.webhooks import fire_if_batch_complete
+from worker.dedupe import scored_lookup
 from worker.pipeline import score_one_job
 from worker.retry import RetryPolicy
 from worker.runtime import Runtime, current_runtime
@@ -75,7 +77,8 @@ def run_score_job(runtime: Runtime, job_id: Any, *, requeue: Requeue) -> None:
 
 def _run_claimed_job(runtime: Runtime, job: JobRecord, policy: RetryPolicy, requeue: Requeue) -> None:
     try:
-        result = score_one_job(job, store=runtime.store, engine=runtime.engine, limits=runtime.limits)
+        result = score_one_job(job, store=runtime.store, engine=runtime.engine, limits=runtime.limits,
+                               find_scored=scored_lookup(runtime.db))
     except PermanentError as exc:
         _record_failure(runtime, job, exc, requeue)
         return
@@ -103,6 +106,8 @@ def _run_claimed_job(runtime: Runtime, job: JobRecord, policy: RetryPolicy, requ
         requeue(policy.delay_s(job.attempts))
     if not written:
         log.warning("job %s was taken over by another worker before we saved it; our result is dropped", job.id)
+    else:
+        fire_if_batch_complete(runtime.db, runtime.settings, job.batch)  # this job may have been its last one
 
 
 class _InternalError(RetryableError):
@@ -121,6 +126,7 @@ def _record_failure(runtime: Runtime, job: JobRecord, exc: VideoScoreError, requ
             )
     except DB_DOWN:
         requeue(RetryPolicy().delay_s(job.attempts))
+    fire_if_batch_complete(runtime.db, runtime.settings, job.batch)
 
 
 def _release(runtime: Runtime, job: JobRecord, exc: VideoScoreError, requeue: Requeue, policy: RetryPolicy) -> None:
