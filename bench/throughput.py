@@ -38,7 +38,7 @@ from core.variants import ModelSpec, resolve_model  # noqa: E402
 from worker.engine import Engine  # noqa: E402
 from worker.frames import probe_video, read_frames, sample_indices, sample_video  # noqa: E402
 from worker.prompt import build_eval_prompt  # noqa: E402
-from worker.samples import write_video  # noqa: E402
+from worker.samples import make_video  # noqa: E402
 from worker.scorer import Scorer, ScoreRequest  # noqa: E402
 
 TFLOP_PER_VIDEO_16 = {"378": 35.0, "720p": 82.0}  # field notes: one 16-frame forward of the 8B model
@@ -65,7 +65,7 @@ def main() -> None:
         workdir = Path(tmp)
         spec = stand_in_spec(workdir)
         num_frames = args.frames or spec.num_frames
-        clips = [write_video(workdir / f"clip{i}.mp4", frames=args.video_frames, size=(width, height), seed=i)
+        clips = [make_video(workdir / f"clip{i}.mp4", frames=args.video_frames, size=(width, height), pattern="textured")
                  for i in range(args.videos)]
         prompts = [f"benchmark clip {i}: a square moving over a gradient" for i in range(args.videos)]
         device = resolve_device(args.device)

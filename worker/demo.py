@@ -24,7 +24,7 @@ from db.migrate import upgrade
 from producer.client import Client
 from producer.render import STAND_IN_WARNING, results_table, wait_with_progress
 from worker.embedded import RedisServer, S3Server
-from worker.samples import write_video
+from worker.samples import make_video
 
 DEMO_BUCKET = "demo-videos"
 DEMO_PROMPTS = [
@@ -105,7 +105,7 @@ def run_demo(console: Console, *, videos: int = 4, workdir: Path | None = None) 
 def _write_sample_videos(folder: Path, count: int) -> list[Path]:
     lengths = [24, 60, 96, 150, 200, 300]
     return [
-        write_video(folder / f"clip-{i:02d}.mp4", frames=lengths[i % len(lengths)], size=(320, 240), seed=i)
+        make_video(folder / f"clip-{i:02d}.mp4", frames=lengths[i % len(lengths)], size=(320, 240))
         for i in range(count)
     ]
 
