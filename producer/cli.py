@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,7 +20,7 @@ from core.settings import Settings
 from core.variants import DEFAULT_MODEL
 from producer.client import Client
 from producer.manifest import is_manifest
-from producer.render import results_table, wait_with_progress
+from producer.render import aggregates_table, results_table, wait_with_progress
 
 app = typer.Typer(help="VideoScore Queue: score AI-generated videos at fleet scale.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -149,18 +150,131 @@ def results(
     batch: Annotated[Optional[str], typer.Option()] = None,
     status: Annotated[Optional[str], typer.Option("--status")] = None,
     model: Annotated[Optional[str], typer.Option()] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="key:value; repeat for several")] = None,
+    since: Annotated[Optional[datetime], typer.Option(help="Created at or after (ISO 8601, UTC if no zone)")] = None,
+    until: Annotated[Optional[datetime], typer.Option(help="Created before")] = None,
+    min_score: Annotated[Optional[list[str]], typer.Option("--min", help="aspect=value, e.g. text_to_video_alignment=2.5")] = None,
+    max_score: Annotated[Optional[list[str]], typer.Option("--max", help="aspect=value")] = None,
     limit: Annotated[int, typer.Option()] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
-    """List jobs and their scores."""
+    """List jobs and their scores, filtered by batch, model, status, tags, time window and score bounds."""
 
+    where = _job_filter(batch, model, status, tag, since, until, min_score, max_score)
     with Client(_settings()) as client:
-        records = client.results(batch=batch, status=status, model=model, limit=limit)
+        records = client.search(where, limit=limit).jobs
     if as_json:
         for record in records:
             typer.echo(json.dumps(record.to_dict()))
     else:
         console.print(results_table(records))
+
+
+@app.command()
+def aggregate(
+    by: Annotated[str, typer.Option("--by", help="batch or model")] = "batch",
+    batch: Annotated[Optional[str], typer.Option()] = None,
+    model: Annotated[Optional[str], typer.Option()] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="key:value; repeat for several")] = None,
+    since: Annotated[Optional[datetime], typer.Option()] = None,
+    until: Annotated[Optional[datetime], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per group")] = False,
+) -> None:
+    """Per batch or model: scored jobs, and mean, p10, p50, p90 of each aspect."""
+    if by not in ("batch", "model"):
+        _fail("--by is batch or model")
+    where = _job_filter(batch, model, None, tag, since, until, None, None)
+    with Client(_settings()) as client:
+        groups = client.aggregate(by, where)  # type: ignore[arg-type]
+    if as_json:
+        for group in groups:
+            typer.echo(json.dumps({"group": group.group, "scored": group.scored, "stand_in_model": group.stand_in,
+                                   "aspects": {a: vars(s) for a, s in group.aspects.items()}}))
+    else:
+        console.print(aggregates_table(groups, by=by))
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="File to write")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    batch: Annotated[Optional[str], typer.Option()] = None,
+    status: Annotated[Optional[str], typer.Option("--status")] = None,
+    model: Annotated[Optional[str], typer.Option()] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="key:value; repeat for several")] = None,
+    since: Annotated[Optional[datetime], typer.Option()] = None,
+    until: Annotated[Optional[datetime], typer.Option()] = None,
+    min_score: Annotated[Optional[list[str]], typer.Option("--min", help="aspect=value")] = None,
+    max_score: Annotated[Optional[list[str]], typer.Option("--max", help="aspect=value")] = None,
+) -> None:
+    """Write every matching job (scores and provenance) to CSV or Parquet."""
+    from producer.export import export_jobs
+
+    where = _job_filter(batch, model, status, tag, since, until, min_score, max_score)
+    try:
+        with Client(_settings()) as client:
+            count = export_jobs(client.iter_jobs(where), out, fmt=fmt)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {count:,} jobs to {out}", highlight=False)
+
+
+@app.command()
+def report(
+    batch: Annotated[str, typer.Option(help="The batch to report on")],
+    out: Annotated[Path, typer.Option(help="Folder for index.html and its PNGs")] = Path("report"),
+    compare_batch: Annotated[Optional[list[str]], typer.Option(help="Batch(es) to compare with")] = None,
+    compare_model: Annotated[Optional[list[str]], typer.Option(help="Model(s) to compare, within the batch")] = None,
+    worst: Annotated[int, typer.Option(help="How many lowest-scoring videos to show")] = 8,
+    thumbnails: Annotated[bool, typer.Option(help="Fetch videos for frame strips (needs the worker extra)")] = True,
+) -> None:
+    """Write an HTML report with score distributions, a comparison and the worst videos with their frames."""
+    from producer.report import build_report
+
+    settings = _settings()
+    with Client(settings) as client:
+        try:
+            index = build_report(client, batch=batch, out=out, compare_batches=compare_batch or [],
+                                 compare_models=compare_model or [], worst=worst, thumbnails=thumbnails)
+        except ValueError as exc:
+            _fail(str(exc))
+    console.print(f"report written to {index}", highlight=False)
+
+
+def _job_filter(batch: str | None, model: str | None, status: str | None, tags: list[str] | None,
+                since: datetime | None, until: datetime | None, minimum: list[str] | None,
+                maximum: list[str] | None) -> "JobFilter":
+    from db.queries import JobFilter
+
+    def pairs(items: list[str] | None, sep: str, what: str) -> dict[str, str]:
+        out = {}
+        for item in items or []:
+            key, found, value = item.partition(sep)
+            if not found or not key:
+                _fail(f"{what} {item!r}: expected key{sep}value")
+            out[key.strip()] = value.strip()
+        return out
+
+    def bounds(items: list[str] | None, what: str) -> dict[str, float]:
+        try:
+            return {aspect: float(value) for aspect, value in pairs(items, "=", what).items()}
+        except ValueError as exc:
+            _fail(f"{what}: {exc}")
+            raise
+
+    try:
+        return JobFilter(batch=batch, model=model, status=status, tags=pairs(tags, ":", "--tag"),
+                         since=_utc(since), until=_utc(until), min_scores=bounds(minimum, "--min"),
+                         max_scores=bounds(maximum, "--max"))
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    from datetime import timezone
+
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.variants import ASPECTS
+from db.queries import GroupStats
 from db.records import JobRecord
 from producer.client import Client
 
@@ -56,3 +57,23 @@ def wait_with_progress(client: Client, job_ids: list[str], *, console: Console, 
         return client.wait(
             job_ids, timeout_s=timeout_s, on_progress=lambda done, _total: progress.update(bar, completed=done)
         )
+
+
+def aggregates_table(groups: Sequence["GroupStats"], *, by: str) -> Table:
+    """One row per batch or model: scored jobs, then mean and p10 / p50 / p90 of each aspect."""
+    title = f"VideoScore aggregates by {by} (succeeded jobs)"
+    if any(g.stand_in for g in groups):
+        title = f"{title}\n[bold red]{STAND_IN_WARNING}[/]"
+    table = Table(title=title)
+    table.add_column(by, overflow="fold")
+    table.add_column("scored", justify="right")
+    for aspect in ASPECTS:
+        table.add_column(f"{SHORT[aspect]}\nmean (p10/p50/p90)", justify="right")
+    for g in groups:
+        cells = []
+        for aspect in ASPECTS:
+            s = g.aspects[aspect]
+            cells.append("-" if s.mean is None else f"{s.mean:.3f}\n({s.p10:.2f}/{s.p50:.2f}/{s.p90:.2f})")
+        name = (g.group or "-") + (" (stand-in)" if g.stand_in else "")
+        table.add_row(name, str(g.scored), *cells)
+    return table

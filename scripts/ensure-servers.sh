@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Install the servers the test suite starts (Debian's redis-server and PostgreSQL) when they are missing.
+# Install the servers the test suite starts (Debian's redis-server and PostgreSQL), and Chromium for the report
+# screenshot test, when they are missing.
 # The tests start and stop them themselves, on 127.0.0.1 only; nothing here starts a service.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# headless Chromium renders `videoscore report` pages in tests/api/test_report.py (a screenshot, checked)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
 fi
