@@ -14,7 +14,7 @@ from db.queries import ContentKey
 from db.records import JobRecord, ScoreResult
 from worker.dedupe import FindScored, checkpoint_revision_of
 from worker.engine import Engine
-from worker.frames import sample_video
+from worker.recipes import recipe_for
 from worker.scorer import ScoreRequest
 from worker.storage import VideoStore
 
@@ -33,9 +33,10 @@ def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: 
         earlier = _scored_before(job, spec, store, find_scored, limits)
         if earlier is not None:
             return earlier
-    num_frames = limits.num_frames_override or spec.num_frames
+    # Each model family samples its own way (Idefics2: N frames by the card's rule; Qwen2-VL: 8 fps).
+    recipe = recipe_for(spec.variant.family, num_frames=spec.num_frames)
     with store.fetch(job.video_uri) as fetched:
-        sampled = sample_video(fetched.path, num_frames, max_pixels=limits.max_pixels)
+        sampled = recipe.sample(fetched.path, num_frames=limits.num_frames_override, max_pixels=limits.max_pixels)
     future = engine.submit(spec, ScoreRequest(frames=sampled.frames, prompt=job.prompt))
     outcome = future.result(timeout=limits.result_timeout_s)
     info = sampled.info

@@ -1,9 +1,11 @@
 """The scoring engine: load a VideoScore checkpoint once, then turn batches of frames + prompts into scores.
 
-This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score`` … → ``close``) and the
-recipe from the model card: frames become PIL images with ``Image.fromarray``, the prompt is the card's
-regression query with one ``<image>`` per frame, and the logits are the five aspect scores, unrounded
-(rounding to 3 digits is for display only). A batch is one processor call and one forward pass; right
+This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score`` … → ``close``). What differs
+between model families -- the model class, the processor, how frames and prompt become tensors -- is the
+family's recipe (``worker.recipes``): for Idefics2 the model card's (frames become PIL images with
+``Image.fromarray``, the prompt is the card's regression query with one ``<image>`` per frame), for Qwen2-VL
+the VideoScore-Qwen2-VL example's (``worker.qwen2_vl_recipe``). The logits are the five aspect scores,
+unrounded (rounding to 3 digits is for display only). A batch is one processor call and one forward pass; right
 padding plus mantis' pooling rule make a video's scores independent of the batch it travels in.
 """
 
@@ -21,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from transformers import AutoProcessor, ProcessorMixin
+from transformers import PreTrainedModel
 
 from core.errors import DeviceError, InvalidJobError, ModelLoadError, PromptTooLongError
 from core.variants import ASPECTS, STAND_IN_MARKER, ModelSpec
-from worker.modeling import VideoScoreForSequenceClassification, default_attn_implementation
-from worker.prompt import build_eval_prompt
+from worker.recipes import ScoringRecipe, recipe_for
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Tokenizers without a real limit report a huge sentinel (int(1e30)); anything above this is "no limit".
@@ -83,20 +83,24 @@ class Scorer:
     def __init__(
         self,
         spec: ModelSpec,
-        processor: ProcessorMixin,
-        model: VideoScoreForSequenceClassification,
+        processor,
+        model: PreTrainedModel,
         device: torch.device,
         dtype: torch.dtype,
         revision: str,
+        recipe: ScoringRecipe | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
         self.dtype = dtype
         self.revision = revision
+        self._recipe = recipe or recipe_for(spec.variant.family, num_frames=spec.num_frames)
         self._processor = processor
-        self._model: VideoScoreForSequenceClassification | None = model
-        self._pad_token_id = _align_padding(processor.tokenizer, model.config)
-        self.max_tokens = _max_tokens(processor.tokenizer, model.config)
+        self._model: PreTrainedModel | None = model
+        tokenizer = self._recipe.tokenizer(processor)
+        self._tokenizer = tokenizer
+        self._pad_token_id = _align_padding(tokenizer, model.config)
+        self.max_tokens = _max_tokens(tokenizer, model.config)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -116,21 +120,19 @@ class Scorer:
         """
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        attn = attn_implementation or default_attn_implementation()
+        recipe = recipe_for(spec.variant.family, num_frames=spec.num_frames)
+        attn = attn_implementation or recipe.default_attn_implementation()
 
         with _device_errors():
             try:
-                # The PIL backend is what mantis' transformers used; the torchvision one resizes differently.
-                processor = AutoProcessor.from_pretrained(spec.source, backend="pil")
-                model = VideoScoreForSequenceClassification.from_pretrained(
-                    spec.source, dtype=torch_dtype, attn_implementation=attn
-                )
+                processor = recipe.load_processor(spec.source)
+                model = recipe.model_class.from_pretrained(spec.source, dtype=torch_dtype, attn_implementation=attn)
             except Exception as exc:  # noqa: BLE001 - any failure to load is the checkpoint's problem...
                 if _is_device_failure(exc):
                     raise  # ...unless the accelerator failed: _device_errors makes that a DeviceError
                 raise ModelLoadError(f"could not load {spec.label}: {exc}") from exc
             model = model.to(torch_device).eval()
-        return cls(spec, processor, model, torch_device, torch_dtype, checkpoint_revision(spec.source))
+        return cls(spec, processor, model, torch_device, torch_dtype, checkpoint_revision(spec.source), recipe)
 
     def warm_up(self) -> None:
         """Run one tiny forward so the first real batch does not pay for kernel selection and allocation."""
@@ -160,7 +162,7 @@ class Scorer:
         ``num_frames`` defaults to the variant's frame count.
         """
         frames = num_frames if num_frames is not None else self.spec.num_frames
-        input_ids = self._processor(text=build_eval_prompt(prompt, frames))["input_ids"][0]
+        input_ids = self._recipe.prompt_ids(self._processor, prompt, frames)
         self._check_tokens(list(input_ids), frames)
 
     def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
@@ -172,9 +174,7 @@ class Scorer:
             _validate(request)
 
         started = time.perf_counter()
-        texts = [build_eval_prompt(r.prompt, len(r.frames)) for r in requests]
-        images = [[Image.fromarray(frame) for frame in r.frames] for r in requests]
-        inputs = self._processor(text=texts, images=images, padding="longest", return_tensors="pt")
+        inputs = self._recipe.encode(self._processor, requests)
         for row, mask, request in zip(inputs["input_ids"], inputs["attention_mask"], requests):
             # Right padding: the first `length` tokens are the request's own.
             self._check_tokens(row[: int(mask.sum())].tolist(), len(request.frames))
@@ -194,7 +194,7 @@ class Scorer:
 
     # --- internals ------------------------------------------------------------------------------------------
 
-    def _require_model(self) -> VideoScoreForSequenceClassification:
+    def _require_model(self) -> PreTrainedModel:
         if self._model is None:
             raise RuntimeError("this Scorer is closed")
         return self._model
@@ -206,13 +206,13 @@ class Scorer:
                 f" the model accepts {self.max_tokens}"
             )
         if self._pad_token_id is not None and self._pad_token_id in input_ids:
-            token = self._processor.tokenizer.convert_ids_to_tokens(self._pad_token_id)
+            token = self._tokenizer.convert_ids_to_tokens(self._pad_token_id)
             raise InvalidJobError(f"prompt contains the reserved token {token!r}")
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensors = {}
         for key, value in inputs.items():
-            if key == "pixel_values":
+            if key in self._recipe.pixel_keys:
                 # Cast on the way over: bf16 halves the copy, and the model casts to its dtype anyway.
                 tensors[key] = value.to(self.device, dtype=self.dtype, non_blocking=True)
             else:
