@@ -1,4 +1,4 @@
-"""Model fixtures: an untrained stand-in checkpoint of VideoScore-v1.1, built once per test session.
+"""Model fixtures: untrained stand-in checkpoints (VideoScore-v1.1, VideoScore-Qwen2-VL), built once per test session.
 
 Registered by tests/conftest.py; test modules may also import the fixture directly.
 """
@@ -16,3 +16,11 @@ def stand_in_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from worker.stand_in import build_stand_in_checkpoint  # torch + transformers: only for tests that ask
 
     return build_stand_in_checkpoint(tmp_path_factory.mktemp("stand-in") / "videoscore-v1.1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed-0 stand-in for TIGER-Lab/VideoScore-Qwen2-VL (the checkpoint its golden was made with)."""
+    from worker.stand_in_qwen2_vl import build_qwen2_vl_stand_in
+
+    return build_qwen2_vl_stand_in(tmp_path_factory.mktemp("stand-in") / "videoscore-qwen2-vl", seed=0)

@@ -5,6 +5,7 @@ stand-in is a folder that loads through exactly the same ``from_pretrained`` pat
 Idefics2 config with the real processor settings (no image splitting, 980/378 edges, 64 image tokens per
 frame), a byte-level BPE tokenizer trained here on the scoring prompt plus generated English, and random
 weights drawn from a seed. Its scores are meaningless; ``videoscore.json`` marks it so everywhere.
+``--variant TIGER-Lab/VideoScore-Qwen2-VL`` builds the Qwen2-VL family's stand-in (``worker.stand_in_qwen2_vl``).
 
 Two details keep it useful for parity tests (see the field notes): the perceiver keeps its own RMSNorm eps
 (1e-6, text 1e-5) as the real configs do, and the connector's projection is scaled down so the perceiver's
@@ -58,9 +59,12 @@ def build_stand_in_checkpoint(out_dir: Path, variant: str = DEFAULT_MODEL, seed:
 
     Deterministic: the same seed gives the same weights and the same tokenizer.
     """
-    if variant not in VARIANTS or VARIANTS[variant].family != "idefics2":
-        idefics2 = sorted(k for k, v in VARIANTS.items() if v.family == "idefics2")
-        raise ValueError(f"no stand-in for {variant!r}; Idefics2 variants: {', '.join(idefics2)}")
+    if variant not in VARIANTS:
+        raise ValueError(f"no stand-in for {variant!r}; known variants: {', '.join(sorted(VARIANTS))}")
+    if VARIANTS[variant].family == "qwen2_vl":
+        from worker.stand_in_qwen2_vl import build_qwen2_vl_stand_in  # the Qwen2-VL family's own builder
+
+        return build_qwen2_vl_stand_in(out_dir, seed=seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
