@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo       score sample videos end to end on embedded servers (stand-in model)"
 	@echo "make test       install what the suite needs and run it (what CI runs)"
-	@echo "make reference  rebuild the mantis-vl reference environment and golden logits"
+	@echo "make reference  rebuild the mantis-vl reference environments and golden logits (Idefics2, Qwen2-VL)"
 	@echo "make bench      run the CPU benchmarks in bench/"
 
 $(STAMP): pyproject.toml
@@ -33,10 +33,12 @@ test-fast: setup
 reference: setup
 	bash reference/setup_env.sh
 	$(BIN)/python reference/generate.py
+	bash reference/qwen2_vl/setup_env.sh
+	$(BIN)/python reference/qwen2_vl/generate.py
 
 bench: setup
 	$(BIN)/python bench/frames.py
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) .venv-reference .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-reference .venv-reference-qwen .pytest_cache build *.egg-info
