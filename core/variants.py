@@ -43,7 +43,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("TIGER-Lab/VideoScore", "idefics2", 16, "Mantis-8B-Idefics2, regression, trained on VideoFeedback"),
         Variant("TIGER-Lab/VideoScore-anno-only", "idefics2", 16, "as VideoScore, without the real videos"),
         Variant("TIGER-Lab/VideoScore-v1.1", "idefics2", 48, "better text-to-video alignment; 48 frames"),
-        Variant("TIGER-Lab/VideoScore-Qwen2-VL", "qwen2_vl", 48, "Qwen2-VL-7B backbone, regression head"),
+        # Samples at 8 fps (worker.qwen2_vl_recipe); 48 is only a typical count, used for prompt-length checks.
+        Variant("TIGER-Lab/VideoScore-Qwen2-VL", "qwen2_vl", 48, "Qwen2-VL-7B backbone, regression head; 8 fps"),
     )
 }
 DEFAULT_MODEL = "TIGER-Lab/VideoScore-v1.1"
