@@ -15,7 +15,9 @@ It
 4. writes ``reference/golden/qwen2_vl_fp32.json``: the recipe's results plus fingerprints of the checkpoint
    and the videos, so a test that rebuilds the inputs can tell "the inputs drifted" from "the model drifted".
 
-Options: ``--golden-dir`` (default ``reference/golden``), ``--work-dir`` (default ``build/reference-qwen2-vl``),
+Options: ``--golden-dir`` (default ``reference/golden``, or ``$VIDEOSCORE_REFERENCE_OUT`` when set: CI
+regenerates into a scratch folder that way and tests/unit/test_qwen2_vl.py compares it with the committed file),
+``--work-dir`` (default ``build/reference-qwen2-vl``, or ``$VIDEOSCORE_REFERENCE_OUT/work-qwen2-vl``),
 ``--python`` (the reference venv's interpreter), ``--check`` (compare with the committed golden instead of
 overwriting it; exit 1 on drift).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -46,6 +49,7 @@ GOLDEN_DIR = ROOT / "reference" / "golden"
 GOLDEN_FILE = "qwen2_vl_fp32.json"
 RECIPE = ROOT / "reference" / "qwen2_vl" / "recipe.py"
 REFERENCE_PYTHON = ROOT / ".venv-reference-qwen" / "bin" / "python"
+OUT_ENV = "VIDEOSCORE_REFERENCE_OUT"
 FP32_LOGITS_TOLERANCE = 1e-5  # between two runs of the same recipe on the same kind of machine
 
 
@@ -370,9 +374,11 @@ def compare_goldens(fresh: dict, committed: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    env_out = os.environ.get(OUT_ENV)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--golden-dir", type=Path, default=GOLDEN_DIR)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "reference-qwen2-vl")
+    parser.add_argument("--golden-dir", type=Path, default=Path(env_out) if env_out else GOLDEN_DIR)
+    parser.add_argument("--work-dir", type=Path,
+                        default=Path(env_out) / "work-qwen2-vl" if env_out else ROOT / "build" / "reference-qwen2-vl")
     parser.add_argument("--python", type=Path, default=REFERENCE_PYTHON, help="the reference venv's python")
     parser.add_argument("--check", action="store_true", help="compare with the committed golden; exit 1 on drift")
     args = parser.parse_args(argv)

@@ -21,8 +21,10 @@ A failure in an earlier layer explains any failure in a later one, so read the f
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,10 @@ from reference.qwen2_vl.generate import (
     CASES,
     GOLDEN_DIR,
     GOLDEN_FILE,
+    OUT_ENV,
     build_videos,
     checkpoint_fingerprint,
+    compare_goldens,
     sha256_array,
     sha256_file,
 )
@@ -105,6 +109,26 @@ def test_golden_was_made_by_the_published_recipe_stack():
     assert GOLDEN["fps"] == qwen2_vl_recipe.FPS == 8.0
     assert GOLDEN["dtype"] == "float32"
     assert CASE_IDS == [c.id for c in CASES]
+
+
+def test_fresh_golden_matches_committed():
+    """CI runs `make reference` with VIDEOSCORE_REFERENCE_OUT set: the recipe, rerun, must give the same golden."""
+    out = os.environ.get(OUT_ENV)
+    if not out:
+        pytest.skip(f"set {OUT_ENV} to a folder `make reference` wrote into (CI does)")
+    fresh_path = Path(out) / GOLDEN_FILE
+    assert fresh_path.is_file(), f"{fresh_path} missing: did `make reference` run with {OUT_ENV}={out}?"
+    problems = compare_goldens(json.loads(fresh_path.read_text()), GOLDEN)
+    assert not problems, f"regenerated {GOLDEN_FILE} differs from the committed one:\n  " + "\n  ".join(problems)
+
+
+def test_the_golden_comparison_accepts_the_same_and_reports_drift():
+    assert compare_goldens(copy.deepcopy(GOLDEN), GOLDEN) == []
+    drifted = copy.deepcopy(GOLDEN)
+    drifted["cases"][0]["logits"][2] += 1e-3
+    drifted["cases"][1]["indices"] = drifted["cases"][1]["indices"][:-1]
+    problems = compare_goldens(drifted, GOLDEN)
+    assert len(problems) == 2 and "logits[2]" in problems[0] and "indices" in problems[1]
 
 
 def test_rebuilt_checkpoint_is_the_goldens(qwen2_vl_stand_in: Path):
