@@ -7,7 +7,8 @@ the claim, so a redelivered message never scores a job twice.
 
 from __future__ import annotations
 
-import uuid
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from core.jobspec import JobRequest
@@ -25,7 +27,7 @@ from db.records import JobRecord, ScoreResult
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4().hex gives, at a fraction of its cost in bulk
 
 
 def insert_jobs(
@@ -56,18 +58,23 @@ def insert_jobs(
             "queue": queue(request) if callable(queue) else queue, "status": JobStatus.QUEUED.value,
             "attempts": 0, "created_at": now, "priority": request.priority, "force": request.force,
         })
-    statement = _insert_skipping_known_keys(session)
+    connection = session.connection()  # Core, not the ORM: its per-row bookkeeping costs more than the SQL
+    inserted: set[str] = set()  # ids of the rows that went in; the others met an existing idempotency key
     for start in range(0, len(rows), CHUNK):
-        session.execute(statement, rows[start:start + CHUNK])
-    existing = _jobs_by_idempotency_key(session, list(first_with_key))
+        if connection.dialect.name == "postgresql":
+            inserted.update(_copy_then_insert(connection, rows[start:start + CHUNK]))
+        else:
+            statement = _insert_skipping_known_keys(session).returning(Job.__table__.c.id)
+            inserted.update(connection.execute(statement, rows[start:start + CHUNK]).scalars())
+    skipped_keys = [row["idempotency_key"] for row in rows if row["id"] not in inserted]
+    owner = _job_ids_by_idempotency_key(session, skipped_keys)
+    earlier = _jobs_by_id(session, list(owner.values()))
     answers: list[tuple[JobRecord, bool]] = []
     for row in rows:
-        key = row["idempotency_key"]
-        earlier = existing.get(key) if key is not None else None
-        if earlier is not None and earlier.id != row["id"]:
-            answers.append((JobRecord.from_row(earlier), False))
-        else:
+        if row["id"] in inserted:
             answers.append((_record_from_values(row), True))
+        else:
+            answers.append((JobRecord.from_row(earlier[owner[row["idempotency_key"]]]), False))
     out: list[tuple[JobRecord, bool]] = []
     answered: set[int] = set()
     for index in plan:
@@ -83,33 +90,73 @@ _NULL_RECORD = {f.name: None for f in fields(JobRecord)}
 
 def _insert_skipping_known_keys(session: Session):  # type: ignore[no-untyped-def]
     dialect = session.get_bind().dialect.name
+    table = Job.__table__
     if dialect == "postgresql":
-        return pg_insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        return pg_insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
     if dialect == "sqlite":
-        return sqlite_insert(Job).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    return insert(Job)
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return insert(table)
+
+
+_COPIED = ("id", "idempotency_key", "video_uri", "prompt", "model", "batch", "tags", "queue", "status", "attempts",
+           "created_at", "priority", "force")
+
+
+def _copy_then_insert(connection: Connection, rows: list[dict[str, Any]]) -> list[str]:
+    """PostgreSQL: COPY the rows into a temporary table, then one INSERT … SELECT … ON CONFLICT DO NOTHING.
+
+    COPY streams rows without per-row statements or parameter parsing, about ten times faster than an
+    executemany from Python; the INSERT keeps the idempotency-key semantics and says which rows went in.
+    """
+    columns = ", ".join(f'"{c}"' for c in _COPIED)
+    connection.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS new_jobs (LIKE jobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    connection.exec_driver_sql("TRUNCATE new_jobs")
+    raw = connection.connection.driver_connection
+    with raw.cursor() as cursor:  # type: ignore[union-attr]
+        with cursor.copy(f"COPY new_jobs ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([json.dumps(row[c]) if c == "tags" else row[c] for c in _COPIED])
+    result = connection.exec_driver_sql(
+        f"INSERT INTO jobs ({columns}) SELECT {columns} FROM new_jobs "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id")
+    return list(result.scalars())
 
 
 def _record_from_values(values: dict[str, Any]) -> JobRecord:
-    return JobRecord(**{**_NULL_RECORD, **values})
+    # What JobRecord(**fields) builds, without a frozen dataclass's per-field __setattr__ (1/3 of a bulk insert)
+    record = object.__new__(JobRecord)
+    record.__dict__.update(_NULL_RECORD)
+    record.__dict__.update(values)
+    return record
 
 
-def _jobs_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, Job]:
-    found: dict[str, Job] = {}
+def _job_ids_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
     for start in range(0, len(keys), CHUNK):
-        rows = session.scalars(select(Job).where(Job.idempotency_key.in_(keys[start:start + CHUNK]))).all()
-        found.update({row.idempotency_key: row for row in rows if row.idempotency_key})
+        query = select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(keys[start:start + CHUNK]))
+        found.update({key: job_id for key, job_id in session.execute(query)})
+    return found
+
+
+def _jobs_by_id(session: Session, job_ids: list[str]) -> dict[str, Job]:
+    found: dict[str, Job] = {}
+    for start in range(0, len(job_ids), CHUNK):
+        found.update({row.id: row for row in session.scalars(select(Job).where(Job.id.in_(job_ids[start:start + CHUNK])))})
     return found
 
 
 def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
     """Record that the broker accepted these jobs' messages (the reaper looks for queued jobs without it)."""
     now = utcnow()
+    postgres = session.get_bind().dialect.name == "postgresql"
     for start in range(0, len(job_ids), CHUNK):
-        session.execute(
-            update(Job).where(Job.id.in_(job_ids[start:start + CHUNK])).values(enqueued_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        chunk = list(job_ids[start:start + CHUNK])
+        if postgres:  # one array parameter: psycopg parses a statement of 5,000 placeholders slowly
+            session.connection().exec_driver_sql("UPDATE jobs SET enqueued_at = %s WHERE id = ANY(%s)", (now, chunk))
+        else:
+            session.execute(update(Job).where(Job.id.in_(chunk)).values(enqueued_at=now)
+                            .execution_options(synchronize_session=False))
 
 
 def get_job(session: Session, job_id: str) -> JobRecord | None:

@@ -82,7 +82,14 @@ class Client:
     ) -> list[tuple[JobRecord, bool]]:
         """`submit_valid`, also saying of each job whether it is new (False: its idempotency key existed)."""
         out: list[tuple[JobRecord, bool]] = []
-        queue_of = self.queue_of
+        queues: dict[tuple[str, str], str] = {}
+
+        def queue_of(request: JobRequest) -> str:
+            key = (request.model, request.priority)
+            if key not in queues:
+                queues[key] = self.queue_of(request)
+            return queues[key]
+
         for start in range(0, len(requests), chunk_size):
             chunk = requests[start:start + chunk_size]
             with self.db.transaction() as session:
