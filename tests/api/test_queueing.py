@@ -68,3 +68,26 @@ def test_a_pipelined_template_refuses_what_is_not_a_job_id() -> None:
     template = CeleryMessageTemplate(make_celery_app(Settings()), "q")
     with pytest.raises(ValueError, match="not a job id"):
         template.wire('"}, "injected": 1')
+
+
+def test_a_worker_takes_high_priority_messages_before_earlier_normal_and_low_ones(redis_server: RedisServer) -> None:
+    """The broker side of priorities, with the transport options workers use: consuming the three queues in
+    order (queue_order_strategy=priority) yields every .high message first even when they were sent last."""
+    from kombu import Consumer, Queue
+
+    settings = Settings(broker_url=redis_server.url, queue=f"prio-{uuid.uuid4().hex[:6]}")
+    app = make_celery_app(settings)
+    low, normal, high, later_high = (uuid.uuid4().hex for _ in range(4))
+    enqueue_pipelined(app, [low], queue=queue_for(settings, settings.model, "low"))
+    enqueue_pipelined(app, [normal], queue=queue_for(settings, settings.model, "normal"))
+    enqueue_pipelined(app, [high, later_high], queue=queue_for(settings, settings.model, "high"))
+    received: list[str] = []
+    with app.connection_for_read() as connection:
+        queues = [Queue(name, routing_key=name) for name in worker_queues(settings)]
+        with Consumer(connection, queues=queues, accept=["json"], prefetch_count=1,
+                      callbacks=[lambda _body, message: (received.append(message.headers["argsrepr"]),
+                                                         message.ack())]):
+            while len(received) < 4:
+                connection.drain_events(timeout=5)
+    # round robin (kombu's default) would give high, normal, low, high
+    assert received == [f"['{high}']", f"['{later_high}']", f"['{normal}']", f"['{low}']"]

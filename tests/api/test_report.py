@@ -106,3 +106,20 @@ def test_the_report_command_writes_the_page_and_refuses_an_unknown_batch(client:
     page = (tmp_path / "cli-report" / "index.html").read_text()
     assert "frame strips were turned off" in page
     assert missing.returncode == 2 and "no job belongs to batch 'nope'" in missing.stdout
+
+
+def test_without_the_worker_extra_the_report_has_no_frame_strips_and_says_why(client: Client, tmp_path: Path) -> None:
+    # PyAV made unimportable in a child process: what a producer-only install (no worker extra) looks like
+    code = (
+        "import sys; sys.modules['av'] = None\n"
+        "from pathlib import Path\n"
+        "from core.settings import Settings\nfrom producer.client import Client\n"
+        "from producer.report import build_report\n"
+        f"client = Client(Settings(database_url={client.settings.database_url!r}, broker_url='redis://127.0.0.1:1/0'))\n"
+        f"print(build_report(client, batch='run-42', out=Path({str(tmp_path / 'light')!r}), worst=2))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    page = (tmp_path / "light" / "index.html").read_text()
+    assert "frame strips need the worker extra" in page and "av is missing" in page
+    assert not (tmp_path / "light" / "frames").exists() and "distributions.png" in page
