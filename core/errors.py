@@ -111,6 +111,12 @@ class DatabaseUnavailableError(RetryableError):
     kind = "database_unavailable"
 
 
+class WorkerLostError(RetryableError):
+    """The worker running the job stopped heartbeating (it crashed, was killed or lost its host)."""
+
+    kind = "worker_lost"
+
+
 # --- fatal to the process: a broken CUDA context is not retried in place ---------------------------------
 
 

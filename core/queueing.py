@@ -37,8 +37,16 @@ def make_celery_app(settings: Settings, *, name: str = "videoscore") -> Celery:
         task_default_queue=settings.queue,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            # Redis redelivers an unacked message only after this; keep it short for jobs of seconds.
+            # Redis hands an unacked message out again only after this, and only in a consuming worker's periodic
+            # restore sweep (kombu 5.7: every unacked_restore_interval s, scanning on every Nth sweep, N =
+            # unacked_restore_throttle, default 10). Throttle 1 makes the interval the sweep period, so a dead
+            # worker's unclaimed message is back in the queue within visibility_timeout + interval. Claimed jobs
+            # do not wait for this: the database reaper (worker.maintenance) re-sends them after lease_s.
             "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": settings.redis_restore_interval_s,
+            "unacked_restore_throttle": 1,
+            # The sweep's lock; a worker killed inside a sweep would otherwise block sweeps for kombu's 5 minutes.
+            "unacked_mutex_expire": max(30, 3 * settings.redis_restore_interval_s),
             # Read a worker's queues in the order given (high before normal before low), not round robin.
             "queue_order_strategy": "priority",
         },

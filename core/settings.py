@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.variants import DEFAULT_MODEL
@@ -25,7 +25,12 @@ class Settings(BaseSettings):
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker URL (Redis)")
     queue: str = Field("videoscore", description="Broker queue the producer sends to and the worker reads")
     visibility_timeout_s: int = Field(
-        300, description="Seconds before Redis redelivers an unacknowledged job (bounds recovery after a crash)"
+        120,
+        description="Seconds before Redis hands out an unacknowledged message again (recovers messages a dead "
+        "worker received but never claimed)",
+    )
+    redis_restore_interval_s: int = Field(
+        5, description="Seconds between a worker's sweeps that put messages past the visibility timeout back"
     )
     queue_per_model: bool = Field(
         False, description="Send each model's jobs to its own queue, <queue>.<model-slug>[.high|.low]"
@@ -59,11 +64,29 @@ class Settings(BaseSettings):
     # the worker
     batch_size: int = Field(1, description="Most videos per forward pass")
     batch_wait_ms: int = Field(50, description="Longest wait for a batch to fill")
-    max_attempts: int = Field(3, description="Attempts before a job with transient errors fails for good")
+    max_attempts: int = Field(5, description="Attempts before a job with transient errors fails for good")
+    retry_base_delay_s: float = Field(
+        2.0, description="Backoff before the first retry; it doubles per attempt, with ±50% jitter"
+    )
+    retry_max_delay_s: float = Field(60.0, description="Longest backoff between two attempts of a job")
     score_timeout_s: int = Field(
         600, description="Longest a job waits for its forward pass before failing with kind time_limit"
     )
+    job_timeout_s: int = Field(
+        900, description="Longest one attempt may take, download and decode included, before failing with time_limit"
+    )
     work_dir: str | None = Field(None, description="Scratch folder for downloads (default: system temp)")
+
+    # fault tolerance and observability of the fleet (see the README's "Delivery and recovery")
+    heartbeat_interval_s: float = Field(5.0, description="How often a worker refreshes the heartbeat of its jobs")
+    lease_s: float = Field(
+        30.0, description="A running job whose heartbeat is older than this is presumed orphaned and re-sent"
+    )
+    reap_interval_s: float = Field(10.0, description="How often each worker looks for orphaned or unsent jobs")
+    db_wait_s: float = Field(
+        60.0, description="Longest a task waits in place for an unreachable database before re-sending its job"
+    )
+    metrics_port: int = Field(9108, description="Port of the worker's Prometheus /metrics endpoint; 0 turns it off")
 
     # the producer
     poll_interval_s: float = Field(0.5, description="How often wait() polls the database")
@@ -79,6 +102,15 @@ class Settings(BaseSettings):
     )
     webhook_max_attempts: int = Field(5, description="Deliveries tried per batch webhook (exponential backoff)")
     webhook_timeout_s: float = Field(10.0, description="Seconds a webhook receiver has to answer")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "Settings":
+        # A lease shorter than a couple of heartbeats would hand live workers' jobs to others.
+        if self.lease_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"lease_s ({self.lease_s}) must be at least twice heartbeat_interval_s ({self.heartbeat_interval_s})"
+            )
+        return self
 
     @classmethod
     def from_env(cls) -> "Settings":

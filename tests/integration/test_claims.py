@@ -1,0 +1,104 @@
+"""Claims and recovery in the database, on SQLite and PostgreSQL: a worker may take back its own abandoned job,
+orphans go back to the queue exactly once however many reapers run, and the fleet's load is counted in SQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from core.jobspec import JobRequest
+from db import fleet, jobs
+from db.models import Job, utcnow
+from db.session import Database
+from tests.integration.test_job_state import _result
+
+LEASE = timedelta(seconds=60)
+
+
+def _insert(db: Database, n: int = 1, *, queue: str = "q") -> list[str]:
+    with db.transaction() as s:
+        rows = jobs.insert_jobs(s, [JobRequest(video_uri="s3://b/v.mp4", prompt=f"p{i}") for i in range(n)],
+                                queue=queue)
+    return [job.id for job, _ in rows]
+
+
+def test_a_worker_may_reclaim_its_own_abandoned_job_and_only_the_new_attempt_may_finish_it(database_url: str) -> None:
+    db = Database(database_url)
+    [job_id] = _insert(db)
+    with db.transaction() as s:
+        first = jobs.claim_job(s, job_id, worker_host="w1", lease=LEASE)
+    with db.transaction() as s:  # the redelivery of a message w1 re-sent while the database was away
+        plain = jobs.claim_job(s, job_id, worker_host="w1", lease=LEASE)
+        other = jobs.claim_job(s, job_id, worker_host="w2", lease=LEASE, reclaim_own=True)
+        again = jobs.claim_job(s, job_id, worker_host="w1", lease=LEASE, reclaim_own=True)
+    assert first is not None and first.attempts == 1 and first.prompt == "p0" and first.status == "running"
+    assert plain is None and other is None, "a live worker's claim is not anyone else's to take"
+    assert again is not None and again.attempts == 2
+    with db.transaction() as s:
+        assert not jobs.complete_job(s, job_id, _result(), worker_host="w1", attempt=1), "stale attempt"
+        assert jobs.complete_job(s, job_id, _result(), worker_host="w1", attempt=2)
+        assert not jobs.complete_job(s, job_id, _result(), worker_host="w1", attempt=2), "already finished"
+        assert jobs.claim_job(s, job_id, worker_host="w1", lease=timedelta(0), reclaim_own=True) is None
+
+
+def test_orphans_and_unsent_jobs_are_requeued_once_with_the_reason(database_url: str) -> None:
+    db = Database(database_url)
+    orphan, alive, unsent, sent = _insert(db, 4)
+    with db.transaction() as s:
+        jobs.mark_enqueued(s, [orphan, alive, sent])
+        jobs.claim_job(s, orphan, worker_host="dead/1", lease=LEASE)
+        jobs.claim_job(s, alive, worker_host="alive/2", lease=LEASE)
+        s.execute(update(Job).where(Job.id == orphan).values(heartbeat_at=utcnow() - timedelta(minutes=5)))
+        s.execute(update(Job).where(Job.id == unsent).values(created_at=utcnow() - timedelta(minutes=5)))
+    with db.transaction() as s:
+        taken = {j.id: j for j in jobs.requeue_orphans(s, lease=LEASE, unsent_for=timedelta(seconds=60))}
+    with db.transaction() as s:
+        second_round = jobs.requeue_orphans(s, lease=LEASE, unsent_for=timedelta(seconds=60))
+        after = {j: jobs.get_job(s, j) for j in (orphan, alive, unsent, sent)}
+    assert set(taken) == {orphan, unsent} and second_round == []
+    assert (after[orphan].status, after[orphan].error_kind) == ("queued", "worker_lost")
+    assert "dead/1" in (after[orphan].error_message or "") and after[orphan].attempts == 1
+    assert after[alive].status == "running" and after[unsent].status == "queued"
+    with db.transaction() as s:  # the requeued orphan is claimable again, as a new attempt
+        reclaimed = jobs.claim_job(s, orphan, worker_host="w3", lease=LEASE)
+    assert reclaimed is not None and reclaimed.attempts == 2
+
+
+@pytest.mark.postgres
+def test_concurrent_reapers_never_take_the_same_orphan(postgres_server) -> None:  # type: ignore[no-untyped-def]
+    from db.migrate import upgrade
+
+    url = postgres_server.create_database()
+    upgrade(url)
+    db = Database(url)
+    ids = _insert(db, 6)
+    with db.transaction() as s:
+        s.execute(update(Job).values(created_at=utcnow() - timedelta(minutes=5)))
+    with db.transaction() as first:  # reaper A holds its rows (locked) while it sends their messages ...
+        taken_a = jobs.requeue_orphans(first, lease=LEASE, unsent_for=timedelta(seconds=60), limit=4)
+        with db.transaction() as second:  # ... and reaper B, at the same moment, skips them
+            taken_b = jobs.requeue_orphans(second, lease=LEASE, unsent_for=timedelta(seconds=60))
+    assert len(taken_a) == 4 and len(taken_b) == 2
+    assert {j.id for j in taken_a} | {j.id for j in taken_b} == set(ids)
+    assert not {j.id for j in taken_a} & {j.id for j in taken_b}
+
+
+def test_queue_load_counts_queued_and_running_jobs_per_queue(database_url: str) -> None:
+    db = Database(database_url)
+    a1, a2, a3 = _insert(db, 3, queue="a")
+    [b1] = _insert(db, 1, queue="b")
+    with db.transaction() as s:
+        jobs.claim_job(s, a1, worker_host="w1", lease=LEASE)
+        claimed = jobs.claim_job(s, a2, worker_host="w1", lease=LEASE)
+        assert claimed is not None
+        jobs.complete_job(s, a2, _result(), worker_host="w1", attempt=claimed.attempts)
+        jobs.cancel_job(s, b1)
+    with db.transaction() as s:
+        load = fleet.queue_load(s)
+        snap = fleet.snapshot(s)
+    assert load == {"a": 2}
+    assert snap.load == {"a": 2} and snap.counts[("a", "succeeded")] == 1
+    assert [(w.worker_host, w.running) for w in snap.workers] == [("w1", 1)]
+    assert snap.finished_in_window == {"succeeded": 1}
