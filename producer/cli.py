@@ -283,16 +283,39 @@ def worker(
     preload: Annotated[bool, typer.Option(help="Load the default model before taking jobs")] = True,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     hostname: Annotated[Optional[str], typer.Option(help="Celery node name")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="Start one worker process per GPU, e.g. 0,1,2,3 or all")] = None,
     queues: Annotated[Optional[str], typer.Option(
         help="Queues to read, most urgent first, e.g. videoscore.high,videoscore (default: all three of "
              "the default model's)")] = None,
 ) -> None:
-    """Run a GPU worker (needs the worker extra installed)."""
+    """Run a GPU worker (needs the worker extra installed); with --gpus, one child process per GPU."""
     if queues:  # through the environment, so that --gpus children read the same queues
         os.environ["VIDEOSCORE_WORKER_QUEUES"] = json.dumps([q.strip() for q in queues.split(",") if q.strip()])
+    if gpus:
+        from worker.main import parse_gpus, run_gpu_workers
+
+        sys.exit(run_gpu_workers(_settings(), parse_gpus(gpus), concurrency=concurrency, preload=preload,
+                                 loglevel=loglevel, hostname=hostname))
     from worker.main import run_worker
 
     run_worker(_settings(), concurrency=concurrency, preload=preload, loglevel=loglevel, hostname=hostname)
+
+
+@app.command()
+def fleet(
+    serve: Annotated[Optional[int], typer.Option(help="Serve videoscore_queue_load on this port instead")] = None,
+) -> None:
+    """The fleet at a glance from the database: jobs by queue and status, workers, throughput, failures."""
+    from db.session import Database
+    from producer.fleet import print_fleet, serve_queue_load
+
+    database = Database(_settings().database_url)
+    if serve:
+        import logging
+
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        serve_queue_load(database, serve)
+    print_fleet(database, console)
 
 
 @app.command()
@@ -345,8 +368,14 @@ def build_stand_in(
     out: Path,
     variant: Annotated[str, typer.Option()] = DEFAULT_MODEL,
     seed: Annotated[int, typer.Option()] = 0,
+    fast: Annotated[bool, typer.Option(help="A fast stand-in: pseudo-scores in microseconds, no model")] = False,
 ) -> None:
     """Build a tiny, randomly initialised checkpoint of a variant's architecture (scores are meaningless)."""
+    if fast:
+        from worker.fast_scorer import build_fast_stand_in
+
+        console.print(f"fast stand-in (not a model) of {variant} written to {build_fast_stand_in(out, variant=variant)}")
+        return
     from worker.stand_in import build_stand_in_checkpoint
 
     path = build_stand_in_checkpoint(out, variant=variant, seed=seed)

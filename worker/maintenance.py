@@ -1,32 +1,47 @@
 """Background duties of a worker process: heartbeat the jobs it holds, and re-send jobs nobody will run.
 
-The heartbeat keeps a long job's claim alive; the reaper re-enqueues queued jobs whose message was never
-sent and running jobs whose worker died (stale heartbeat). Several workers may reap at once: a duplicate
-message is harmless, because only one delivery can claim a job in the database.
+The heartbeat (every `heartbeat_interval_s`) keeps the claims of this process's jobs alive. The reaper (every
+`reap_interval_s`) finds running jobs whose worker stopped heartbeating for `lease_s` (it was killed, crashed
+or lost its host) and queued jobs whose message was never sent (the producer died between commit and send),
+puts them back to queued and sends their messages again. Each orphan is taken by one reaper only (row locks,
+see `db.jobs.requeue_orphans`), so 64 workers reaping at once do not send 64 copies.
+
+Recovery after a worker is killed therefore takes at most lease_s + reap_interval_s, plus the wait behind
+the jobs already queued. After the database was unreachable, the reaper first waits one lease with the
+database reachable: every worker's heartbeats failed during the outage, and reaping at once would hand
+every live worker's jobs to others (safe, but each would be scored twice).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.queueing import enqueue_jobs
 from db import jobs as job_queries
+from worker import metrics
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+UNSENT_GRACE = timedelta(seconds=60)  # a producer commits, then sends: give it this long before sending for it
+
 
 class Maintenance:
-    def __init__(self, runtime: Runtime, celery_app: object, *, interval_s: float) -> None:
+    def __init__(self, runtime: Runtime, celery_app: object) -> None:
         self.runtime = runtime
         self.celery_app = celery_app
-        self.interval_s = interval_s
+        settings = runtime.settings
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.reap_interval_s = settings.reap_interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="videoscore-maintenance", daemon=True)
+        self._db_ok_since: float | None = None  # monotonic time the database last became reachable
+        self._db_down_logged = False
 
     def start(self) -> None:
         self._thread.start()
@@ -36,34 +51,56 @@ class Maintenance:
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        next_reap = time.monotonic() + self.reap_interval_s
+        while not self._stop.wait(self.heartbeat_interval_s):
             try:
                 self.beat()
-                self.reap()
+                self._database_is_up()
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + self.reap_interval_s
+                    if self._reaping_is_safe():
+                        self.reap()
             except SQLAlchemyError as exc:
-                log.warning("maintenance skipped a round: database unavailable (%s)", type(exc).__name__)
-            except Exception:  # noqa: BLE001 - never let maintenance kill the worker
+                self._database_is_down(exc)
+            except Exception:  # noqa: BLE001 - never let maintenance kill the worker (e.g. broker down)
                 log.exception("maintenance round failed")
 
     def beat(self) -> None:
-        held = list(self.runtime.inflight)
-        if held:
-            with self.runtime.db.transaction() as session:
+        held = self.runtime.held()
+        with self.runtime.db.transaction() as session:
+            if held:
                 job_queries.heartbeat(session, held, worker_host=self.runtime.worker_id)
 
     def reap(self) -> int:
+        """Re-send orphaned and unsent jobs; returns how many. Send and mark happen in one transaction."""
+        sent = 0
         with self.runtime.db.transaction() as session:
-            stuck = job_queries.stuck_jobs(
-                session, unsent_for=timedelta(seconds=60), lease=self.runtime.lease, limit=500
-            )
-        if not stuck:
-            return 0
-        by_queue: dict[str, list[str]] = {}
-        for job in stuck:
-            by_queue.setdefault(job.queue, []).append(job.id)
-        for queue, ids in by_queue.items():
-            enqueue_jobs(self.celery_app, ids, queue=queue)  # type: ignore[arg-type]
-            with self.runtime.db.transaction() as session:
-                job_queries.mark_enqueued(session, ids)
-        log.warning("re-sent %d stuck jobs", len(stuck))
-        return len(stuck)
+            orphans = job_queries.requeue_orphans(session, lease=self.runtime.lease, unsent_for=UNSENT_GRACE,
+                                                  limit=500)
+            by_queue: dict[str, list[str]] = {}
+            for job in orphans:
+                by_queue.setdefault(job.queue, []).append(job.id)
+            for queue, ids in by_queue.items():
+                enqueue_jobs(self.celery_app, ids, queue=queue)  # type: ignore[arg-type]
+                sent += len(ids)
+        if sent:
+            metrics.REAPED.inc(sent)
+            log.warning("re-sent %d jobs (orphaned by a dead worker or never sent)", sent)
+        return sent
+
+    def _reaping_is_safe(self) -> bool:
+        return self._db_ok_since is not None and time.monotonic() - self._db_ok_since >= self.runtime.settings.lease_s
+
+    def _database_is_up(self) -> None:
+        if self._db_ok_since is None:
+            self._db_ok_since = time.monotonic()
+            if self._db_down_logged:
+                log.warning("database reachable again; reaping resumes after one lease (%.0fs)",
+                            self.runtime.settings.lease_s)
+                self._db_down_logged = False
+
+    def _database_is_down(self, exc: SQLAlchemyError) -> None:
+        self._db_ok_since = None
+        if not self._db_down_logged:
+            log.warning("maintenance paused: database unavailable (%s)", type(exc).__name__)
+            self._db_down_logged = True

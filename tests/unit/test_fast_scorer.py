@@ -1,0 +1,46 @@
+"""The fast stand-in scorer: labelled a stand-in, deterministic, cheap, and keeping a call log that survives
+a SIGKILL (each line is written before the score is returned)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import PromptTooLongError
+from core.variants import DEFAULT_MODEL, resolve_model
+from worker.fast_scorer import FastScorer, build_fast_stand_in, is_fast_stand_in, prompt_digest
+from worker.scorer import ScoreRequest
+
+
+def _frames(value: int) -> list[np.ndarray]:
+    return [np.full((32, 32, 3), value, dtype=np.uint8) for _ in range(2)]
+
+
+def test_the_fast_stand_in_is_a_labelled_stand_in_and_never_the_default(tmp_path: Path) -> None:
+    folder = build_fast_stand_in(tmp_path / "fast", call_log_dir=tmp_path / "calls")
+    spec = resolve_model(str(folder))
+    assert spec.stand_in and is_fast_stand_in(spec.source)
+    assert not is_fast_stand_in(DEFAULT_MODEL)
+
+
+def test_scores_are_deterministic_in_range_and_every_call_is_logged(tmp_path: Path) -> None:
+    folder = build_fast_stand_in(tmp_path / "fast", call_log_dir=tmp_path / "calls")
+    scorer = FastScorer.load(resolve_model(str(folder)))
+    requests = [ScoreRequest(frames=_frames(10), prompt="a"), ScoreRequest(frames=_frames(200), prompt="b")]
+    first, again = scorer.score(requests), scorer.score(requests[:1])
+    scorer.close()
+    assert first.scores[0] == again.scores[0] and first.scores[0] != first.scores[1]
+    assert all(1.0 <= v <= 4.0 for s in first.scores for v in s.as_list())
+    [log] = (tmp_path / "calls").glob("calls-*.log")
+    digests = [line.split()[1] for line in log.read_text().splitlines()]
+    assert digests == [prompt_digest("a"), prompt_digest("b"), prompt_digest("a")]
+
+
+def test_an_over_long_prompt_and_the_fail_marker_raise(tmp_path: Path) -> None:
+    scorer = FastScorer.load(resolve_model(str(build_fast_stand_in(tmp_path / "fast", max_tokens=500))))
+    with pytest.raises(PromptTooLongError, match="accepts 500"):
+        scorer.check_prompt("word " * 1000, 2)
+    with pytest.raises(RuntimeError, match="asked to fail"):
+        scorer.score([ScoreRequest(frames=_frames(1), prompt="x #stand-in:fail")])
