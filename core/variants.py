@@ -72,7 +72,10 @@ def resolve_model(name: str) -> ModelSpec:
     """Map a job's model name to a spec, or raise UnknownModelError with a helpful message."""
     if name in VARIANTS:
         return ModelSpec(name=name, source=name, variant=VARIANTS[name], stand_in=False)
-    folder = Path(name).expanduser()
+    try:
+        folder = Path(name).expanduser()
+    except RuntimeError:  # "~someone/…" where no such user exists: not a folder we can find
+        folder = Path(name)
     if folder.is_dir() and (folder / "config.json").is_file():
         return _resolve_local_folder(name, folder)
     known = ", ".join(sorted(VARIANTS))

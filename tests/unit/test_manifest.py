@@ -97,3 +97,10 @@ def test_the_cli_submits_nothing_when_any_row_is_bad_and_lists_each_one(tmp_path
     assert f"{path}:2:" in run.stdout and f"{path}:3:" in run.stdout and f"{path}:1:" not in run.stdout
     assert "2 of 3 rows are invalid; nothing was submitted" in run.stdout
     assert not database.exists()
+
+
+def test_a_model_named_like_a_home_folder_of_no_user_is_an_unknown_model(tmp_path: Path) -> None:
+    # found by schemathesis: Path("~nobody").expanduser() raises RuntimeError, which was a 500 in the API
+    path = _jsonl(tmp_path / "m.jsonl", [{"video_uri": "s3://b/1.mp4", "prompt": "p", "model": "~no-such-user-x/m"}])
+    [error] = read_manifest(path, max_prompt_chars=100).errors
+    assert error.line == 1 and "unknown model" in error.message
