@@ -25,10 +25,11 @@ from worker.frames import sample_video
 from worker.samples import make_video
 
 
-def _scored_batch(db: Database, video: Path, batch: str, bases: list[float], *, stand_in: bool) -> list[str]:
+def _scored_batch(db: Database, video: Path, batch: str, bases: list[float], *, stand_in: bool,
+                  model: str = "TIGER-Lab/VideoScore-v1.1") -> list[str]:
     sampled = sample_video(video, 16)
-    requests = [JobRequest(video_uri=f"file://{video}", prompt=f"{batch} prompt number {i}", batch=batch)
-                for i in range(len(bases))]
+    requests = [JobRequest(video_uri=f"file://{video}", prompt=f"{batch} prompt number {i}", batch=batch,
+                           model=model) for i in range(len(bases))]
     with db.transaction() as s:
         ids = [job.id for job, _ in job_queries.insert_jobs(s, requests, queue="q")]
     for job_id, base in zip(ids, bases, strict=True):
@@ -123,3 +124,17 @@ def test_without_the_worker_extra_the_report_has_no_frame_strips_and_says_why(cl
     page = (tmp_path / "light" / "index.html").read_text()
     assert "frame strips need the worker extra" in page and "av is missing" in page
     assert not (tmp_path / "light" / "frames").exists() and "distributions.png" in page
+
+
+def test_models_are_compared_within_a_batch(client: Client, tmp_path: Path) -> None:
+    db = Database(client.settings.database_url)
+    video = make_video(tmp_path / "other.mp4", frames=20, size=(96, 64))
+    _scored_batch(db, video, "run-42", [3.5, 3.7], stand_in=False, model="TIGER-Lab/VideoScore")
+    db.dispose()
+    index = build_report(client, batch="run-42", out=tmp_path / "models", thumbnails=False,
+                         compare_models=["TIGER-Lab/VideoScore-v1.1", "TIGER-Lab/VideoScore"])
+    page = index.read_text()
+    assert "models compared within the batch" in page and 'src="comparison.png"' in page
+    assert ">VideoScore-v1.1" in page and ">VideoScore<" in page
+    with pytest.raises(ValueError, match="no job scored by nobody/Else"):
+        build_report(client, batch="run-42", out=tmp_path / "x", compare_models=["nobody/Else"])
