@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError, InterfaceError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import (
@@ -41,7 +42,6 @@ from core.jobspec import JobRequest, validate_job
 from core.names import JobStatus
 from core.settings import Settings
 from core.variants import ASPECTS
-from db import queries
 from db.queries import BadCursorError, JobFilter
 from producer.client import Client
 from producer.webhooks import check_webhook_url
@@ -118,8 +118,6 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
             raise ApiError(422, "validation_error", "an empty list submits nothing",
                            [{"field": "jobs", "message": "must hold at least one job"}])
         requests = _parse_jobs(payload if many else [payload], settings, many=many)
-        from starlette.concurrency import run_in_threadpool
-
         results = await run_in_threadpool(client.submit_detailed, requests)
         if not many:
             job, created = results[0]

@@ -96,11 +96,10 @@ def main() -> int:
         model = "TIGER-Lab/VideoScore-v1.1"
 
         # what db.queries.aggregate runs, captured by compiling its statement
-        from sqlalchemy import select
+        from sqlalchemy import func, select
 
         from core.variants import ASPECTS
         from db.models import Job
-        from sqlalchemy import func
 
         columns = [Job.batch, func.count(), func.bool_or(Job.stand_in_model)]
         for aspect in ASPECTS:

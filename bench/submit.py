@@ -70,12 +70,16 @@ def main() -> int:
     redis_server = RedisServer(work / "redis").start()
     postgres = PostgresServer(Path(tempfile.mkdtemp(prefix="videoscore-bench-pg-"))).start() \
         if "postgres" in args.backends else None
-    print(f"{'backend':<10} {'rows':>7} {'validate':>10} {'insert+send':>12} {'total':>8}   jobs/s (insert+send / end to end)")
+    print(f"{'backend':<10} {'rows':>7} {'validate':>10} {'insert+send':>12} {'total':>8}"
+          "   jobs/s (insert+send / end to end)")
     try:
         for rows in args.rows:
             manifest = write_manifest(work / f"manifest-{rows}.jsonl", rows)
             for backend in args.backends:
-                url = f"sqlite:///{work / f'{backend}-{rows}.db'}" if backend == "sqlite" else postgres.create_database()  # type: ignore[union-attr]
+                if backend == "sqlite":
+                    url = f"sqlite:///{work / f'{backend}-{rows}.db'}"
+                else:
+                    url = postgres.create_database()  # type: ignore[union-attr]
                 t = run_once(url, redis_server.url, manifest, rows)
                 print(f"{backend:<10} {rows:>7} {t['validate_s']:>9.2f}s {t['submit_s']:>11.2f}s {t['total_s']:>7.2f}s"
                       f"   {rows / t['submit_s']:>8,.0f} / {rows / t['total_s']:>8,.0f}", flush=True)

@@ -176,7 +176,8 @@ def batch_summary(session: Session, batch: str) -> BatchSummary | None:
     )
 
 
-def aggregate(session: Session, group_by: Literal["batch", "model"], where: JobFilter | None = None) -> list[GroupStats]:
+def aggregate(session: Session, group_by: Literal["batch", "model"],
+              where: JobFilter | None = None) -> list[GroupStats]:
     """Per batch or per model: how many succeeded jobs, and mean, p10, p50, p90 of each aspect."""
     where = where or JobFilter()
     key = getattr(Job, group_by)

@@ -10,11 +10,11 @@ from pathlib import Path
 import redis
 from typer.testing import CliRunner
 
+from core.settings import Settings
 from db.migrate import upgrade
 from db.queries import JobFilter
 from producer import cli
 from producer.client import Client
-from core.settings import Settings
 from worker.embedded import RedisServer
 
 

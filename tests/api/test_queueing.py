@@ -9,8 +9,15 @@ import uuid
 import pytest
 import redis
 
-from core.queueing import CeleryMessageTemplate, enqueue_jobs, enqueue_pipelined, make_celery_app, model_slug, \
-    queue_for, worker_queues
+from core.queueing import (
+    CeleryMessageTemplate,
+    enqueue_jobs,
+    enqueue_pipelined,
+    make_celery_app,
+    model_slug,
+    queue_for,
+    worker_queues,
+)
 from core.settings import Settings
 from worker.embedded import RedisServer
 

@@ -32,10 +32,12 @@ ROWS: list[dict[str, Any]] = [
      "frame_indices": list(range(0, 96, 2)), "video_etag": "etag-a", "video_bytes": 123456,
      "video_total_frames": 96, "video_fps": 24.0, "video_duration_s": 4.0, "video_width": 640,
      "video_height": 360, "download_s": 0.5, "decode_s": 0.25, "preprocess_s": 0.125, "forward_s": 1.5},
-    {"id": "b" * 32, "idempotency_key": None, "video_uri": "s3://b/b.mp4", "prompt": "a dog", "model": "TIGER-Lab/VideoScore",
+    {"id": "b" * 32, "idempotency_key": None, "video_uri": "s3://b/b.mp4", "prompt": "a dog",
+     "model": "TIGER-Lab/VideoScore",
      "batch": "old-batch", "tags": {}, "queue": "videoscore", "status": "failed", "attempts": 3, "created_at": T0,
      "finished_at": T0, "error_kind": "video_not_found", "error_message": "s3://b/b.mp4 does not exist"},
-    {"id": "c" * 32, "idempotency_key": None, "video_uri": "file:///v/c.mp4", "prompt": "a bird", "model": "TIGER-Lab/VideoScore",
+    {"id": "c" * 32, "idempotency_key": None, "video_uri": "file:///v/c.mp4", "prompt": "a bird",
+     "model": "TIGER-Lab/VideoScore",
      "batch": None, "tags": {}, "queue": "videoscore", "status": "queued", "attempts": 0, "created_at": T0},
 ]
 
