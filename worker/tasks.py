@@ -64,7 +64,9 @@ Requeue = Callable[[float], NoReturn]
 
 
 def register_tasks(app: Celery) -> None:
-    @app.task(name=TASK_SCORE_JOB, bind=True)
+    # max_retries=None: our attempt budget (RetryPolicy) decides when to give up. Celery's default of 3 would
+    # end the 4th re-send with MaxRetriesExceededError, acknowledging the message of a job left queued: lost.
+    @app.task(name=TASK_SCORE_JOB, bind=True, max_retries=None)
     def score_job(self: Task, job_id: Any = None, *args: Any, **kwargs: Any) -> None:
         def requeue(delay_s: float) -> NoReturn:
             try:

@@ -32,3 +32,12 @@ def test_the_redis_transport_gets_the_visibility_timeout_and_an_unthrottled_rest
     assert (options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (3, 1)
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1
+
+
+def test_the_task_never_runs_out_of_celery_retries_before_our_attempt_budget_does() -> None:
+    from core.names import TASK_SCORE_JOB
+    from worker.tasks import register_tasks
+
+    app = make_celery_app(Settings())
+    register_tasks(app)
+    assert app.tasks[TASK_SCORE_JOB].max_retries is None
