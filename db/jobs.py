@@ -148,16 +148,21 @@ def _jobs_by_id(session: Session, job_ids: list[str]) -> dict[str, Job]:
 
 
 def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
-    """Record that the broker accepted these jobs' messages (the reaper looks for queued jobs without it)."""
+    """Record that the broker accepted these jobs' messages (the reaper looks for queued jobs without it).
+
+    Only rows still queued: in a bulk submit, workers may already have finished the first jobs of a chunk,
+    and a finished row must not be written again (nothing reads enqueued_at once a job left the queue).
+    """
     now = utcnow()
     postgres = session.get_bind().dialect.name == "postgresql"
     for start in range(0, len(job_ids), CHUNK):
         chunk = list(job_ids[start:start + CHUNK])
         if postgres:  # one array parameter: psycopg parses a statement of 5,000 placeholders slowly
-            session.connection().exec_driver_sql("UPDATE jobs SET enqueued_at = %s WHERE id = ANY(%s)", (now, chunk))
+            session.connection().exec_driver_sql(
+                "UPDATE jobs SET enqueued_at = %s WHERE id = ANY(%s) AND status = 'queued'", (now, chunk))
         else:
-            session.execute(update(Job).where(Job.id.in_(chunk)).values(enqueued_at=now)
-                            .execution_options(synchronize_session=False))
+            session.execute(update(Job).where(Job.id.in_(chunk), Job.status == JobStatus.QUEUED)
+                            .values(enqueued_at=now).execution_options(synchronize_session=False))
 
 
 def get_job(session: Session, job_id: str) -> JobRecord | None:

@@ -13,7 +13,7 @@ import pytest
 from core.jobspec import JobRequest
 from core.variants import ASPECTS
 from db import jobs, queries
-from db.models import utcnow
+from db.models import Job, utcnow
 from db.queries import ContentKey, JobFilter
 from db.records import ScoreResult
 from db.session import Database
@@ -199,3 +199,16 @@ def test_a_key_repeated_in_one_submission_names_one_job(database_url: str) -> No
             s, [request, JobRequest(video_uri="s3://b/x.mp4", prompt="p"), request], queue="q")
     assert first.id == third.id != second.id
     assert (created1, created2, created3) == (True, True, False)
+
+
+def test_marking_messages_sent_leaves_jobs_that_already_left_the_queue_alone(database_url: str) -> None:
+    # in a bulk submit, workers can finish a chunk's first jobs before the producer marks the chunk sent
+    db = Database(database_url)
+    done, waiting = _submit(db, 2)
+    _score(db, done, 2.0)
+    with db.transaction() as s:
+        jobs.mark_enqueued(s, [done, waiting])
+    with db.transaction() as s:
+        finished, queued = (s.get(Job, job_id) for job_id in (done, waiting))
+        assert finished is not None and queued is not None
+        assert finished.enqueued_at is None and queued.enqueued_at is not None
