@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# The light side: the REST API (`videoscore api`), the producer CLI, schema migrations and the queue-load
+# exporter (`videoscore fleet --serve 9109`). No torch, transformers, av or numpy.
+# Build from the repository root:  docker build -f docker/producer.Dockerfile -t videoscore-api .
+
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY core core
+COPY db db
+COPY producer producer
+COPY worker worker
+COPY api api
+RUN pip install '.[api]'
+
+FROM python:3.11-slim-bookworm
+RUN useradd --create-home --uid 10001 videoscore
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+USER videoscore
+EXPOSE 8000 9109
+ENTRYPOINT ["videoscore"]
+CMD ["api", "--host", "0.0.0.0", "--port", "8000"]
