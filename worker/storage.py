@@ -95,7 +95,11 @@ class VideoStore:
         try:
             response = self._s3.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            raise _classify_client_error(exc, bucket, key) from None
+            error = _classify_client_error(exc, bucket, key)
+            if isinstance(error, VideoNotFoundError) and not self._bucket_exists(bucket):
+                # A HEAD answers a bare 404 for both; say which one is missing, as a GET would.
+                error = VideoNotFoundError(f"bucket {bucket!r} does not exist")
+            raise error from None
         except BotoCoreError as exc:
             raise StorageUnavailableError(f"S3 unreachable while reading s3://{bucket}/{key}: {exc}") from None
         return str(response.get("ETag", "")).strip('"') or None
@@ -131,10 +135,23 @@ class VideoStore:
         etag = str(response.get("ETag", "")).strip('"') or None
         return FetchedVideo(path=target, size_bytes=size, etag=etag, download_s=time.perf_counter() - started)
 
+    def _bucket_exists(self, bucket: str) -> bool:
+        return _bucket_exists_or_unknown(self._s3, bucket)
+
     def _check_size(self, size: int, where: str) -> None:
         limit = self.settings.max_video_bytes
         if size > limit:
             raise VideoTooLargeError(f"{where} is {size:,} bytes; the limit is {limit:,} (VIDEOSCORE_MAX_VIDEO_BYTES)")
+
+
+def _bucket_exists_or_unknown(s3: Any, bucket: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) != 404
+    except BotoCoreError:
+        return True  # cannot tell; keep the object-level message
+    return True
 
 
 def _classify_client_error(exc: ClientError, bucket: str, key: str) -> Exception:
