@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         30.0, description="A running job whose heartbeat is older than this is presumed orphaned and re-sent"
     )
     reap_interval_s: float = Field(10.0, description="How often each worker looks for orphaned or unsent jobs")
+    reconcile_interval_s: float = Field(
+        300.0, description="How often one worker checks that Redis still holds every queued job's message (and at "
+        "once after Redis restarts)"
+    )
     db_wait_s: float = Field(
         60.0, description="Longest a task waits in place for an unreachable database before re-sending its job"
     )

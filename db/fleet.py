@@ -59,6 +59,31 @@ def queue_load(session: Session) -> dict[str, int]:
     return {queue: count for queue, count in rows}
 
 
+def long_queued(session: Session, *, sent_before: timedelta, limit: int = 10_000) -> list[tuple[str, str]]:
+    """(id, queue) of queued jobs whose message was sent longer than `sent_before` ago, oldest first.
+
+    After the broker lost data (Redis without AOF, or the fsync window of a host crash) these are the jobs
+    whose message may be gone; re-sending them is safe (a duplicate finds the job claimed or finished).
+    """
+    return queued_sent_before(session, utcnow() - sent_before, limit=limit)
+
+
+def queued_sent_before(session: Session, moment: datetime, *, limit: int | None = None) -> list[tuple[str, str]]:
+    """(id, queue) of queued jobs whose message was sent before `moment`, oldest first."""
+    query = (
+        select(Job.id, Job.queue)
+        .where(Job.status == JobStatus.QUEUED, Job.enqueued_at < moment)
+        .order_by(Job.enqueued_at)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [(job_id, queue) for job_id, queue in session.execute(query)]
+
+
+def queues_with_queued_jobs(session: Session) -> list[str]:
+    return list(session.scalars(select(Job.queue).where(Job.status == JobStatus.QUEUED).distinct()))
+
+
 def snapshot(
     session: Session, *, window: timedelta = timedelta(minutes=5), failures_since: timedelta = timedelta(hours=1)
 ) -> FleetSnapshot:

@@ -304,17 +304,25 @@ def worker(
 @app.command()
 def fleet(
     serve: Annotated[Optional[int], typer.Option(help="Serve videoscore_queue_load on this port instead")] = None,
+    resend_queued_after: Annotated[Optional[float], typer.Option(
+        help="Re-send jobs queued (message sent) longer than this many seconds ago, e.g. after Redis lost data; "
+             "duplicates are harmless")] = None,
 ) -> None:
     """The fleet at a glance from the database: jobs by queue and status, workers, throughput, failures."""
     from db.session import Database
-    from producer.fleet import print_fleet, serve_queue_load
+    from producer.fleet import print_fleet, resend_long_queued, serve_queue_load
 
-    database = Database(_settings().database_url)
+    settings = _settings()
+    database = Database(settings.database_url)
     if serve:
         import logging
 
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         serve_queue_load(database, serve)
+    if resend_queued_after is not None:
+        sent = resend_long_queued(database, settings, sent_before_s=resend_queued_after)
+        console.print(f"re-sent {sent} jobs queued for more than {resend_queued_after:.0f}s")
+        return
     print_fleet(database, console)
 
 

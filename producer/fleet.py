@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -20,7 +20,10 @@ from rich.console import Console, Group
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.queueing import enqueue_pipelined, make_celery_app
+from core.settings import Settings
 from db import fleet as fleet_queries
+from db import jobs as job_queries
 from db.fleet import FleetSnapshot
 from db.session import Database
 
@@ -75,6 +78,21 @@ def serve_queue_load(db: Database, port: int) -> None:
     log.info("serving %s on :%d/metrics", QUEUE_LOAD_METRIC, port)
     while True:
         time.sleep(3600)
+
+
+def resend_long_queued(db: Database, settings: Settings, *, sent_before_s: float, limit: int = 10_000) -> int:
+    """Send again the messages of jobs queued for longer than `sent_before_s` (after a broker lost data)."""
+    with db.transaction() as session:
+        stale = fleet_queries.long_queued(session, sent_before=timedelta(seconds=sent_before_s), limit=limit)
+    by_queue: dict[str, list[str]] = {}
+    for job_id, queue in stale:
+        by_queue.setdefault(queue, []).append(job_id)
+    app = make_celery_app(settings, name="videoscore-fleet")
+    for queue, ids in by_queue.items():
+        enqueue_pipelined(app, ids, queue=queue)
+        with db.transaction() as session:
+            job_queries.mark_enqueued(session, ids)
+    return len(stale)
 
 
 def read_snapshot(db: Database) -> FleetSnapshot:

@@ -43,8 +43,9 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.workdir, "postgres", "postgres")
             os.chmod(self.workdir, 0o755)
-        initdb = [_pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-        subprocess.run(self._as_postgres(initdb), check=True, capture_output=True)
+        if not (self.data / "PG_VERSION").exists():  # a restart reuses the data directory
+            initdb = [_pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+            subprocess.run(self._as_postgres(initdb), check=True, capture_output=True)
         options = f"-h 127.0.0.1 -p {self.port} -k {self.workdir} -c fsync=off -c full_page_writes=off"
         pg_ctl = [_pg_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.workdir / "postgres.log"),
                   "-o", options, "-w", "start"]
@@ -67,6 +68,12 @@ class PostgresServer:
                 break
             time.sleep(0.05)
         self.pid = None
+
+    def restart(self, *, down_for_s: float = 0.0) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), stay down, then start it on the same port."""
+        self.stop()
+        time.sleep(down_for_s)
+        self.start()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"

@@ -11,9 +11,10 @@ It keeps a *call log* when the folder names a directory for one: one line per sc
 the line is in the file before the score is returned and survives a SIGKILL of the worker. Tests give every
 job a unique prompt and count lines per job: two lines for one job means it was scored twice.
 
-Two prompt markers simulate what a real model can do to a worker, for fault tests only:
-`#stand-in:fail` raises inside the forward pass (an unexpected, retried error) and `#stand-in:sleep=<s>`
-holds the engine thread for that long (a slow forward pass).
+Three prompt markers simulate what a real model can do to a worker, for fault tests only:
+`#stand-in:fail` raises inside the forward pass (an unexpected, retried error), `#stand-in:sleep=<s>` holds
+the engine thread for that long (a slow forward pass) and `#stand-in:crash` kills the worker process with
+SIGKILL (a segfault or the OOM killer: a poison job that takes its worker down on every attempt).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import re
+import signal
 import threading
 import time
 import zlib
@@ -37,6 +39,7 @@ from worker.scorer import AspectScores, BatchResult, ScoreRequest
 
 FAST_SCORER = "fast"  # the value of "scorer" in videoscore.json
 FAIL_MARKER = "#stand-in:fail"
+CRASH_MARKER = "#stand-in:crash"
 SLEEP_MARKER = re.compile(r"#stand-in:sleep=([0-9.]+)")
 # What the real processor spends per frame (64 image tokens plus separators), for the length check.
 TOKENS_PER_FRAME = 67
@@ -125,6 +128,8 @@ class FastScorer:
         for request in requests:
             if FAIL_MARKER in request.prompt:
                 raise RuntimeError("the fast stand-in was asked to fail (#stand-in:fail)")
+            if CRASH_MARKER in request.prompt:
+                os.kill(os.getpid(), signal.SIGKILL)
             delay = SLEEP_MARKER.search(request.prompt)
             if delay:
                 time.sleep(float(delay.group(1)))

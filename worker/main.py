@@ -71,6 +71,13 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, preload: b
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    from celery.platforms import EX_FAILURE
+    from celery.signals import worker_init, worker_shutting_down
+
+    controllers: list[object] = []  # Celery's WorkController: its exitcode says how it stopped
+    asked_to_stop: list[str] = []  # a shutdown signal (SIGTERM, SIGINT, SIGQUIT) was received
+    worker_init.connect(lambda sender=None, **_: controllers.append(sender), weak=False)
+    worker_shutting_down.connect(lambda sig=None, **_: asked_to_stop.append(str(sig)), weak=False)
     try:
         app.worker_main(argv)
     finally:
@@ -80,6 +87,23 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, preload: b
         if metrics_server is not None:
             metrics_server.shutdown()
         log.info("worker %s stopped", runtime.worker_id)
+    exit_code = getattr(controllers[-1], "exitcode", None) if controllers else None
+    if exit_code == EX_FAILURE and not asked_to_stop:
+        _restart_in_place(exit_code)
+
+
+def _restart_in_place(exit_code: int | str) -> None:
+    """Celery stopped on an "unrecoverable error" that nobody asked for: start this worker afresh.
+
+    Seen with kombu 5.7's Redis transport when Redis dies: a task thread's ack races the consumer closing the
+    broken connection, and the close raises AttributeError instead of a connection error, which ends the
+    Celery worker. Jobs in flight have finished and been saved by then (their acknowledgements are lost, so
+    Redis hands the messages out again and they are skipped). exec keeps the PID, so the fresh process takes
+    back any job this worker still held (claim_job(reclaim_own=True)); it frees CUDA, as any exit does.
+    """
+    log.error("Celery stopped on an unrecoverable error (exit code %s); restarting this worker in place", exit_code)
+    time.sleep(2)  # no tight loop if the error repeats at once
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 # --- one child process per GPU ------------------------------------------------------------------------------
@@ -154,7 +178,8 @@ def run_gpu_workers(settings: Settings, gpus: Sequence[str], *, concurrency: int
         if stopping:
             codes = [child.wait() for child in children.values()]
             log.info("all GPU workers stopped (exit codes %s)", codes)
-            return 0 if all(code == 0 for code in codes) else 1
+            # -SIGTERM: a child still starting up (not yet in Celery) when our SIGTERM reached it
+            return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
         for gpu, child in list(children.items()):
             code = child.poll()
             if code is None or stopping:

@@ -7,7 +7,8 @@ puts them back to queued and sends their messages again. Each orphan is taken by
 see `db.jobs.requeue_orphans`), so 64 workers reaping at once do not send 64 copies.
 
 Recovery after a worker is killed therefore takes at most lease_s + reap_interval_s, plus the wait behind
-the jobs already queued. After the database was unreachable, the reaper first waits one lease with the
+the jobs already queued. The same round also reconciles the database with Redis (worker.reconcile): after
+Redis restarts, queued jobs whose message it lost are sent again. After the database was unreachable, the reaper first waits one lease with the
 database reachable: every worker's heartbeats failed during the outage, and reaping at once would hand
 every live worker's jobs to others (safe, but each would be scored twice).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.queueing import enqueue_jobs
 from db import jobs as job_queries
 from worker import metrics
+from worker.reconcile import BrokerReconciler
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,9 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="videoscore-maintenance", daemon=True)
         self._db_ok_since: float | None = None  # monotonic time the database last became reachable
+        self.reconciler = BrokerReconciler(runtime.db, celery_app, settings.broker_url,
+                                           interval_s=settings.reconcile_interval_s)
+        self._broker_down_logged = False
         self._db_down_logged = False
 
     def start(self) -> None:
@@ -56,10 +62,12 @@ class Maintenance:
             try:
                 self.beat()
                 self._database_is_up()
+                self._broker(self.reconciler.observe)
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.reap_interval_s
                     if self._reaping_is_safe():
                         self.reap()
+                        self._broker(self.reconciler.maybe_run)
             except SQLAlchemyError as exc:
                 self._database_is_down(exc)
             except Exception:  # noqa: BLE001 - never let maintenance kill the worker (e.g. broker down)
@@ -87,6 +95,19 @@ class Maintenance:
             metrics.REAPED.inc(sent)
             log.warning("re-sent %d jobs (orphaned by a dead worker or never sent)", sent)
         return sent
+
+    def _broker(self, step: Callable[[], object]) -> None:
+        """Run a reconciliation step; while Redis is down, log once and try again next round."""
+        try:
+            step()
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the broker is down or restarting
+            if not self._broker_down_logged:
+                log.warning("broker unavailable to maintenance: %s: %s", type(exc).__name__, exc)
+                self._broker_down_logged = True
+            return
+        self._broker_down_logged = False
 
     def _reaping_is_safe(self) -> bool:
         return self._db_ok_since is not None and time.monotonic() - self._db_ok_since >= self.runtime.settings.lease_s

@@ -102,3 +102,85 @@ def test_queue_load_counts_queued_and_running_jobs_per_queue(database_url: str) 
     assert snap.load == {"a": 2} and snap.counts[("a", "succeeded")] == 1
     assert [(w.worker_host, w.running) for w in snap.workers] == [("w1", 1)]
     assert snap.finished_in_window == {"succeeded": 1}
+
+
+def test_jobs_queued_too_long_can_be_sent_again_after_the_broker_lost_them(database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    import redis
+
+    from core.settings import Settings
+    from producer.fleet import resend_long_queued
+
+    db = Database(database_url)
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    old1, old2, fresh = _insert(db, 3, queue=queue)
+    with db.transaction() as s:
+        jobs.mark_enqueued(s, [old1, old2, fresh])
+        s.execute(update(Job).where(Job.id.in_([old1, old2])).values(enqueued_at=utcnow() - timedelta(hours=2)))
+    settings = Settings(database_url=database_url, broker_url=redis_server.url)
+    assert resend_long_queued(db, settings, sent_before_s=3600) == 2
+    assert redis.Redis.from_url(redis_server.url).llen(queue) == 2
+    assert resend_long_queued(db, settings, sent_before_s=3600) == 0, "their sending time was refreshed"
+
+
+def test_reconciliation_resends_exactly_the_queued_jobs_whose_message_redis_lost(database_url: str,
+                                                                                 redis_server) -> None:  # type: ignore[no-untyped-def]
+    import base64
+    import json
+    import uuid
+
+    import redis
+
+    from core.queueing import enqueue_jobs, make_celery_app
+    from core.settings import Settings
+    from worker.reconcile import BrokerReconciler
+
+    db = Database(database_url)
+    queue = f"rec-{uuid.uuid4().hex[:8]}"
+    waiting, reserved, lost, running = _insert(db, 4, queue=queue)
+    with db.transaction() as s:
+        jobs.mark_enqueued(s, [waiting, reserved, lost, running])
+        s.execute(update(Job).values(enqueued_at=utcnow() - timedelta(minutes=1)))
+        jobs.claim_job(s, running, worker_host="w1", lease=LEASE)  # claimed: no longer queued
+    settings = Settings(database_url=database_url, broker_url=redis_server.url.rsplit("/", 1)[0] + "/7")
+    app = make_celery_app(settings)
+    client = redis.Redis.from_url(settings.broker_url)  # a database of its own on the suite's Redis
+    client.flushdb()
+    try:
+        enqueue_jobs(app, [waiting], queue=queue)  # still in the queue
+        enqueue_jobs(app, [reserved], queue=f"{queue}-side")  # taken by a worker, recorded as unacknowledged
+        message = json.loads(client.rpop(f"{queue}-side"))
+        client.hset("unacked", "tag-1", json.dumps([message, "", queue]))
+        # `lost`: a BRPOP removed it and the reply died with Redis; it is nowhere
+
+        reconciler = BrokerReconciler(db, app, settings.broker_url, interval_s=3600)
+        assert reconciler.run(client) == 1
+        held = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in client.lrange(queue, 0, -1)]
+        assert sorted(held) == sorted([waiting, lost])
+        assert reconciler.run(client) == 0, "nothing is missing any more"
+    finally:
+        client.flushdb()
+
+
+def test_the_chaos_suites_audit_counts_a_second_save_and_ignores_bookkeeping(database_url: str) -> None:
+    """The "scored twice" figure of tests/chaos comes from this trigger: it must see a double save."""
+    from sqlalchemy import text
+
+    from tests.chaos.cluster import install_completion_audit
+
+    install_completion_audit(database_url)
+    db = Database(database_url)
+    job_id, other = _insert(db, 2)
+    with db.transaction() as s:
+        claimed = jobs.claim_job(s, job_id, worker_host="w1", lease=LEASE)
+        assert claimed is not None and jobs.complete_job(s, job_id, _result(), worker_host="w1", attempt=1)
+    with db.transaction() as s:
+        jobs.mark_enqueued(s, [job_id])  # bookkeeping on a finished row: not a completion
+        audited_once = s.scalar(text("SELECT count(*) FROM completion_audit"))
+        # what a broken claim rule would allow: a second save over the first
+        s.execute(update(Job).where(Job.id == job_id).values(finished_at=utcnow() + timedelta(seconds=1),
+                                                             visual_quality=1.0))
+        rows = s.execute(text("SELECT job_id, count(*) FROM completion_audit GROUP BY job_id")).all()
+    assert audited_once == 1
+    assert [(r[0], r[1]) for r in rows] == [(job_id, 2)] and other not in {r[0] for r in rows}
