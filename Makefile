@@ -4,13 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test test-fast reference bench clean
+.PHONY: help setup demo test test-fast chaos reference bench clean
 
 help:
 	@echo "make demo       score sample videos end to end on embedded servers (stand-in model)"
 	@echo "make test       install what the suite needs and run it (what CI runs)"
 	@echo "make reference  rebuild the mantis-vl reference environments and golden logits (Idefics2, Qwen2-VL)"
 	@echo "make bench      run the CPU benchmarks in bench/"
+	@echo "make chaos      the fleet chaos suite alone (part of make test); figures in var/chaos-figures.log"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not postgres and not slow"
+
+chaos: setup
+	bash scripts/ensure-servers.sh
+	$(BIN)/python -m pytest tests/chaos -q
 
 reference: setup
 	bash reference/setup_env.sh

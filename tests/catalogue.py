@@ -26,7 +26,7 @@ class BadInput:
 
 BAD_INPUTS = [
     BadInput("missing key", "s3://{bucket}/nope.mp4", "video_not_found", "does not exist"),
-    BadInput("missing bucket", "s3://absent-bucket/a.mp4", "video_not_found", "absent-bucket"),
+    BadInput("missing bucket", "s3://absent-bucket/a.mp4", "video_not_found", "bucket 'absent-bucket' does not exist"),
     BadInput("bucket not allowed", "s3://someone-elses-bucket/a.mp4", "video_access_denied", "allowlist"),
     BadInput("file:// not allowed", "file:///etc/hostname", "video_access_denied", "file:// videos are disabled"),
     BadInput("not a video", "s3://{bucket}/not-a-video.mp4", "video_decode_error", "not a media file"),

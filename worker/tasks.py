@@ -155,6 +155,8 @@ def _run_claimed_job(runtime: Runtime, gate: "_DatabaseGate", job: JobRecord, po
     metrics.STAGE_SECONDS.labels("persist").observe(time.perf_counter() - started)
     metrics.STAGE_SECONDS.labels("download").observe(result.download_s)
     metrics.STAGE_SECONDS.labels("decode").observe(result.decode_s)
+    if not written and _saved_by_us(gate, runtime, job):
+        written = True  # the first try committed but its answer was lost with the connection; the retry saw it
     if written:
         log.info("job %s succeeded (attempt %d)", job.id, job.attempts)
         metrics.JOBS.labels("succeeded").inc()
@@ -162,6 +164,15 @@ def _run_claimed_job(runtime: Runtime, gate: "_DatabaseGate", job: JobRecord, po
     else:
         log.warning("job %s was taken over by another worker before we saved it; our result is dropped", job.id)
         metrics.JOBS.labels("superseded").inc()
+
+
+def _saved_by_us(gate: "_DatabaseGate", runtime: Runtime, job: JobRecord) -> bool:
+    try:
+        row = gate.run(lambda s: job_queries.get_job(s, job.id), what=f"reading {job.id}")
+    except (SQLAlchemyError, DatabaseUnavailableError):
+        return False
+    return (row is not None and row.status == "succeeded" and row.worker_host == runtime.worker_id
+            and row.attempts == job.attempts)
 
 
 def _score_within_time_limit(runtime: Runtime, job: JobRecord) -> ScoreResult:

@@ -25,6 +25,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_KEY] = []
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # minutes of real servers and worker processes: `make test` runs them, `make test-fast` does not
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[[Figures], None]:
     def record(figures: Figures) -> None:
