@@ -18,9 +18,10 @@ OUTAGE_S = 20
 
 def test_s3_down_for_20s_is_retried_then_every_job_succeeds(postgres_server: PostgresServer, tmp_path: Path,
                                                             report) -> None:
-    # backoff 2, 4, 8, 16, 16 … s (±50%): eight attempts outlast a 20 s outage even with unlucky jitter
-    cluster = build_cluster(tmp_path, postgres_server.create_database(), s3_proxy=True, max_attempts=8,
-                            retry_base_delay_s=2.0, retry_max_delay_s=16.0, visibility_timeout_s=40)
+    # backoff 2, 4, 8, 8, 8 … s (±50%): the first eight waits add up to at least 27 s even with the unluckiest
+    # jitter, so nine attempts outlast a 20 s outage; the 8 s cap keeps the wait after it short
+    cluster = build_cluster(tmp_path, postgres_server.create_database(), s3_proxy=True, max_attempts=9,
+                            retry_base_delay_s=2.0, retry_max_delay_s=8.0, visibility_timeout_s=20)
     try:
         workers = [cluster.start_worker(f"w{i}", concurrency=4) for i in range(2)]
         for worker in workers:
