@@ -25,7 +25,8 @@ STAND_IN_WARNING = "UNTRAINED STAND-IN MODEL: these scores come from random weig
 
 def results_table(records: Sequence[JobRecord], *, title: str = "VideoScore results") -> Table:
     """One row per job: where the video is, its state, the five scores (3 decimals) or why it failed."""
-    models = sorted({_short_model(r.model) + (" (untrained stand-in)" if r.stand_in_model else "") for r in records})
+    stand_ins = {r.model for r in records if r.stand_in_model}
+    models = sorted({_short_model(r.model) + (" (untrained stand-in)" if r.model in stand_ins else "") for r in records})
     title = f"{title}\nmodel: {', '.join(models) or '-'}"
     if any(r.stand_in_model for r in records):
         title = f"{title}\n[bold red]{STAND_IN_WARNING}[/]"
