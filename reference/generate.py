@@ -6,20 +6,30 @@ Run with the project's venv (it builds inputs with project code), after ``bash r
 
 It
 
-1. builds the untrained stand-in checkpoint (``worker.stand_in``, TIGER-Lab/VideoScore-v1.1, seed 0) and a
-   handful of deterministic test videos (``tests.media.make_video``) into a work folder;
+1. builds the untrained stand-in checkpoint (``worker.stand_in``, TIGER-Lab/VideoScore-v1.1, seed 0) into a
+   work folder, and copies the golden's videos there from ``reference/golden/videos/<case id>.mp4``;
 2. writes a transformers-4 view of the checkpoint (``write_transformers4_view``: the same weights and
    tokenizer, with the few JSON files transformers 5.24 writes in a layout 4.52.4 cannot read translated)
    and ``cases.json``;
 3. runs ``reference/model_card_recipe.py`` in ``.venv-reference`` on them, in float32 and in bfloat16;
 4. writes ``reference/golden/idefics2_v1_1_{fp32,bf16}.json``: the recipe's results plus fingerprints of the
-   checkpoint and the videos, so a test that rebuilds the inputs can tell "the inputs drifted" from "the
-   model drifted".
+   checkpoint and the videos, so a test that rebuilds the checkpoint and reads the committed videos can tell
+   "the inputs drifted" from "the model drifted".
+
+The videos are committed, not encoded here: x264 in PyAV does not write the same bytes on every machine (nor
+always twice on one), and the golden's ``video_sha256``, decoded frames and logits all follow from those bytes.
+The checkpoint, rebuilt from a seed, is reproducible and is not committed.
 
 Options: ``--golden-dir`` (default ``reference/golden``, or ``$VIDEOSCORE_REFERENCE_OUT`` when set: CI
 regenerates into a temporary folder that way and compares with the committed files), ``--work-dir``
 (checkpoint, videos, raw recipe output; default ``build/reference``), ``--no-bf16``, ``--check`` (after
-generating, compare with the committed golden and exit 1 on any drift).
+generating, compare with the committed golden and exit 1 on any drift), and ``--encode-videos``.
+
+``--encode-videos`` is for adding or changing a case: it first re-encodes every case's video from its
+``CASES`` entry (``worker.samples.make_video``) into ``reference/golden/videos/``, overwriting the committed
+ones. That changes the golden's inputs, so the golden JSON files no longer match them until they are
+regenerated (this run does that when ``--golden-dir`` is the default) and both the videos and
+``reference/golden/*.json`` are committed together; tests/unit/test_parity.py fails on any mismatch.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ VARIANT = "TIGER-Lab/VideoScore-v1.1"
 SEED = 0
 GOLDEN_DIR = ROOT / "reference" / "golden"
 GOLDEN_FILES = {"float32": "idefics2_v1_1_fp32.json", "bfloat16": "idefics2_v1_1_bf16.json"}
+VIDEOS_DIR = GOLDEN_DIR / "videos"  # the golden's input videos, committed (shared with reference/qwen2_vl)
 RECIPE = ROOT / "reference" / "model_card_recipe.py"
 REFERENCE_PYTHON = ROOT / ".venv-reference" / "bin" / "python"
 OUT_ENV = "VIDEOSCORE_REFERENCE_OUT"
@@ -52,7 +63,11 @@ OUT_ENV = "VIDEOSCORE_REFERENCE_OUT"
 
 @dataclass(frozen=True)
 class Case:
-    """One golden case: a synthetic video (``tests.media.make_video`` arguments) and its text prompt."""
+    """One golden case: a synthetic video and its text prompt.
+
+    The video is committed as ``reference/golden/videos/<id>.mp4``; ``frames``, ``size``, ``gop``, ``fps`` and
+    ``video_kwargs`` are the ``worker.samples.make_video`` arguments it was encoded with (``--encode-videos``).
+    """
 
     id: str
     prompt: str
@@ -169,18 +184,42 @@ def build_checkpoint(folder: Path) -> Path:
     return build_stand_in_checkpoint(Path(folder), variant=VARIANT, seed=SEED)
 
 
-def build_videos(folder: Path) -> dict[str, Path]:
-    """The golden's videos, by case id. Deterministic: ``tests.media`` encodes single-threaded."""
-    from tests.media import make_video
+def committed_videos(folder: Path = VIDEOS_DIR) -> dict[str, Path]:
+    """The golden's videos, by case id: the committed files the golden was made from (never re-encoded)."""
+    return {case.id: Path(folder) / case.video for case in CASES}
 
+
+def copy_videos(folder: Path, source: Path = VIDEOS_DIR) -> dict[str, Path]:
+    """Copy the committed videos into ``folder`` (next to the ``cases.json`` the recipe reads), by case id."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     videos = {}
-    for case in CASES:
-        videos[case.id] = make_video(
+    for case_id, path in committed_videos(source).items():
+        if not path.is_file():
+            raise SystemExit(
+                f"{path} missing: the golden's videos are committed under {source}; restore them from git, or "
+                "encode them with --encode-videos (which changes the golden's inputs: regenerate and commit both)"
+            )
+        videos[case_id] = Path(shutil.copy2(path, folder / path.name))
+    return videos
+
+
+def encode_videos(folder: Path = VIDEOS_DIR) -> dict[str, Path]:
+    """Encode every case's video from its ``CASES`` entry into ``folder`` (``--encode-videos`` only).
+
+    Not bit-reproducible across machines or runs: run it to add or change a case, then regenerate the golden
+    from the result and commit the videos and the golden together.
+    """
+    from worker.samples import make_video
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        case.id: make_video(
             folder / case.video, frames=case.frames, fps=case.fps, size=case.size, gop=case.gop, **case.video_kwargs
         )
-    return videos
+        for case in CASES
+    }
 
 
 def max_num_frames() -> int:
@@ -279,10 +318,17 @@ def _versions_here() -> dict:
     }
 
 
-def generate(golden_dir: Path, work_dir: Path, dtypes: list[str], python: Path = REFERENCE_PYTHON) -> dict[str, Path]:
-    """Build the inputs, run the recipe once per dtype, and write one golden file per dtype."""
+def generate(
+    golden_dir: Path, work_dir: Path, dtypes: list[str], python: Path = REFERENCE_PYTHON, encode: bool = False
+) -> dict[str, Path]:
+    """Build the checkpoint, take the committed videos (``encode``: re-encode them first), run the recipe once
+    per dtype, and write one golden file per dtype."""
     if not Path(python).exists():
         raise SystemExit(f"{python} not found: run `bash reference/setup_env.sh` first")
+    if encode:
+        for path in encode_videos(VIDEOS_DIR).values():
+            print(f"encoded {path} ({path.stat().st_size} bytes): commit it with the regenerated golden",
+                  file=sys.stderr)
     work_dir = Path(work_dir)
     if work_dir.exists():
         shutil.rmtree(work_dir)
@@ -292,7 +338,7 @@ def generate(golden_dir: Path, work_dir: Path, dtypes: list[str], python: Path =
     checkpoint = build_checkpoint(work_dir / "checkpoint")
     checkpoint_tf4 = work_dir / "checkpoint-tf4"
     translation = write_transformers4_view(checkpoint, checkpoint_tf4)
-    videos = build_videos(work_dir / "videos")
+    videos = copy_videos(work_dir / "videos")
     inputs_s = time.perf_counter() - started
 
     cases_file = work_dir / "videos" / "cases.json"
@@ -329,7 +375,7 @@ def generate(golden_dir: Path, work_dir: Path, dtypes: list[str], python: Path =
         for entry in result.pop("cases"):
             case = by_id[entry["id"]]
             if entry["video_sha256"] != sha256_file(videos[case.id]):
-                raise SystemExit(f"{case.id}: the recipe read different video bytes than were written")
+                raise SystemExit(f"{case.id}: the recipe read different video bytes than were copied")
             cases.append({
                 "id": case.id,
                 "why": case.why,
@@ -340,8 +386,8 @@ def generate(golden_dir: Path, work_dir: Path, dtypes: list[str], python: Path =
         golden = {
             "about": (
                 "Golden VideoScore logits: the model card's recipe (mantis-vl Idefics2ForSequenceClassification on "
-                "transformers 4.52.4) on an untrained stand-in checkpoint and synthetic videos. Regenerate with "
-                "`make reference`; compare with tests/unit/test_parity.py."
+                "transformers 4.52.4) on an untrained stand-in checkpoint and the synthetic videos committed in "
+                "reference/golden/videos. Regenerate with `make reference`; compare with tests/unit/test_parity.py."
             ),
             "generator": {
                 "command": "bash reference/setup_env.sh && .venv/bin/python reference/generate.py",
@@ -429,11 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 golden")
     parser.add_argument("--python", type=Path, default=REFERENCE_PYTHON, help="the reference venv's python")
     parser.add_argument("--check", action="store_true", help="compare with the committed golden; exit 1 on drift")
+    parser.add_argument("--encode-videos", action="store_true",
+                        help="re-encode reference/golden/videos from CASES first (to add or change a case): this "
+                        "changes the golden's inputs; regenerate the golden and commit it with the videos")
     args = parser.parse_args(argv)
     work_dir = args.work_dir or (Path(env_out) / "work" if env_out else ROOT / "build" / "reference")
     dtypes = ["float32"] if args.no_bf16 else ["float32", "bfloat16"]
     started = time.perf_counter()
-    written = generate(args.golden_dir, work_dir, dtypes, python=args.python)
+    written = generate(args.golden_dir, work_dir, dtypes, python=args.python, encode=args.encode_videos)
     print(f"reference: generated {', '.join(str(p) for p in written.values())} in "
           f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     if args.check:

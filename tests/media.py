@@ -1,5 +1,9 @@
 """Test media: the synthetic good videos and the bad inputs a worker must reject (they live in worker.samples,
-which the demo and the benchmarks use too)."""
+which the demo and the benchmarks use too), and ``layout_of``, what a written video holds."""
+
+from pathlib import Path
+
+import av
 
 from worker.samples import (  # noqa: F401
     FRAME_NUMBER_BITS,
@@ -14,3 +18,17 @@ from worker.samples import (  # noqa: F401
     make_zero_frame_video,
     make_zero_header_count_video,
 )
+
+
+def layout_of(path: Path) -> dict:
+    """What a video file holds, independent of its exact bytes: frame count, (width, height), declared frame
+    rate, and the frame numbers of its keyframes (frames counted in presentation order)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = sorted((packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size)
+        return {
+            "frames": len(packets),
+            "size": (stream.codec_context.width, stream.codec_context.height),
+            "fps": float(stream.average_rate),
+            "keyframes": [number for number, (_, keyframe) in enumerate(packets) if keyframe],
+        }

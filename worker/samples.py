@@ -6,8 +6,10 @@ own frame number as a row of black/white blocks across the top quarter, so a tes
 colour changes with the frame number, so consecutive frames differ visibly and a pixel-identity check
 between two decoders is meaningful.
 
-Everything here is deterministic: same arguments, same bytes on disk (x264/libvpx run single-threaded).
-The reference golden records the hashes of videos made here, so changing a default changes those hashes.
+Everything here draws deterministically: the same arguments hand the encoder the same pictures (x264/libvpx
+run single-threaded). The encoded bytes are not guaranteed to be the same on another machine, so the reference
+golden's videos, made here once, are committed (reference/golden/videos) and never re-encoded at test time;
+changing a default here leaves them alone (`reference/generate.py --encode-videos` re-encodes them).
 """
 
 from __future__ import annotations

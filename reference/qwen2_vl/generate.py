@@ -7,19 +7,30 @@ Run with the project's venv (it builds the inputs with project code), after
 
 It
 
-1. builds the untrained VideoScore-Qwen2-VL stand-in (``worker.stand_in_qwen2_vl``, seed 0) and a few
-   deterministic test videos (``write_clip``) into a work folder;
+1. builds the untrained VideoScore-Qwen2-VL stand-in (``worker.stand_in_qwen2_vl``, seed 0) into a work
+   folder, and copies the golden's videos there from ``reference/golden/videos/<case id>.mp4``;
 2. writes a transformers-4 view of the checkpoint (``write_transformers4_view``: the same weights, tokenizer
    and processor files; ``config.json`` flattened to the layout 4.46 reads) and ``cases.json``;
 3. runs ``reference/qwen2_vl/recipe.py`` in ``.venv-reference-qwen`` on them, in float32;
 4. writes ``reference/golden/qwen2_vl_fp32.json``: the recipe's results plus fingerprints of the checkpoint
-   and the videos, so a test that rebuilds the inputs can tell "the inputs drifted" from "the model drifted".
+   and the videos, so a test that rebuilds the checkpoint and reads the committed videos can tell "the inputs
+   drifted" from "the model drifted".
+
+The videos are committed, not encoded here: x264 in PyAV does not write the same bytes on every machine (nor
+always twice on one), and the golden's ``video_sha256``, decoded frames, resized frames and logits all follow
+from those bytes. The checkpoint, rebuilt from a seed, is reproducible and is not committed.
 
 Options: ``--golden-dir`` (default ``reference/golden``, or ``$VIDEOSCORE_REFERENCE_OUT`` when set: CI
 regenerates into a scratch folder that way and tests/unit/test_qwen2_vl.py compares it with the committed file),
 ``--work-dir`` (default ``build/reference-qwen2-vl``, or ``$VIDEOSCORE_REFERENCE_OUT/work-qwen2-vl``),
 ``--python`` (the reference venv's interpreter), ``--check`` (compare with the committed golden instead of
-overwriting it; exit 1 on drift).
+overwriting it; exit 1 on drift), ``--encode-videos``.
+
+``--encode-videos`` is for adding or changing a case: it first re-encodes every case's video from its ``CASES``
+entry (``write_clip``) into ``reference/golden/videos/``, overwriting the committed ones. That changes the
+golden's inputs, so the golden no longer matches them until it is regenerated (this run does that unless
+``--check`` or another ``--golden-dir`` is given) and the videos and ``reference/golden/qwen2_vl_fp32.json`` are
+committed together; tests/unit/test_qwen2_vl.py fails on any mismatch.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ if str(ROOT) not in sys.path:  # `python reference/qwen2_vl/generate.py` puts re
 SEED = 0
 GOLDEN_DIR = ROOT / "reference" / "golden"
 GOLDEN_FILE = "qwen2_vl_fp32.json"
+VIDEOS_DIR = GOLDEN_DIR / "videos"  # the golden's input videos, committed (shared with reference/generate.py)
 RECIPE = ROOT / "reference" / "qwen2_vl" / "recipe.py"
 REFERENCE_PYTHON = ROOT / ".venv-reference-qwen" / "bin" / "python"
 OUT_ENV = "VIDEOSCORE_REFERENCE_OUT"
@@ -55,7 +67,11 @@ FP32_LOGITS_TOLERANCE = 1e-5  # between two runs of the same recipe on the same 
 
 @dataclass(frozen=True)
 class Case:
-    """One golden case: a synthetic video (``write_clip`` arguments) and its text prompt."""
+    """One golden case: a synthetic video and its text prompt.
+
+    The video is committed as ``reference/golden/videos/<id>.mp4``; ``frames``, ``fps``, ``size`` and ``gop``
+    are the ``write_clip`` arguments it was encoded with (``--encode-videos``).
+    """
 
     id: str
     prompt: str
@@ -182,9 +198,9 @@ def draw_frame(index: int, size: tuple[int, int]) -> "np.ndarray":
 
 
 def write_clip(path: Path, *, frames: int, fps: int, size: tuple[int, int], gop: int | None = None) -> Path:
-    """An H.264 MP4 of ``draw_frame(0..frames-1)`` at a constant ``fps``; the same arguments give the same bytes
-    (one encoder thread). Written here, not with the test suite's media helpers, so the golden's videos only
-    change when this file does."""
+    """An H.264 MP4 of ``draw_frame(0..frames-1)`` at a constant ``fps`` (one encoder thread). The same
+    arguments give the same pictures, but not always the same bytes on another machine: only
+    ``--encode-videos`` calls this, and the golden is made from the committed result."""
     import av
 
     path = Path(path)
@@ -206,8 +222,32 @@ def write_clip(path: Path, *, frames: int, fps: int, size: tuple[int, int], gop:
     return path
 
 
-def build_videos(folder: Path) -> dict[str, Path]:
-    """The golden's videos, by case id."""
+def committed_videos(folder: Path = VIDEOS_DIR) -> dict[str, Path]:
+    """The golden's videos, by case id: the committed files the golden was made from (never re-encoded)."""
+    return {case.id: Path(folder) / case.video for case in CASES}
+
+
+def copy_videos(folder: Path, source: Path = VIDEOS_DIR) -> dict[str, Path]:
+    """Copy the committed videos into ``folder`` (next to the ``cases.json`` the recipe reads), by case id."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    videos = {}
+    for case_id, path in committed_videos(source).items():
+        if not path.is_file():
+            raise SystemExit(
+                f"{path} missing: the golden's videos are committed under {source}; restore them from git, or "
+                "encode them with --encode-videos (which changes the golden's inputs: regenerate and commit both)"
+            )
+        videos[case_id] = Path(shutil.copy2(path, folder / path.name))
+    return videos
+
+
+def encode_videos(folder: Path = VIDEOS_DIR) -> dict[str, Path]:
+    """Encode every case's video with ``write_clip`` into ``folder`` (``--encode-videos`` only).
+
+    Not bit-reproducible across machines or runs: run it to add or change a case, then regenerate the golden
+    from the result and commit the videos and the golden together.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return {
@@ -295,12 +335,20 @@ def _versions_here() -> dict:
 # --- generation -------------------------------------------------------------------------------------------------
 
 
-def generate(golden_dir: Path, work_dir: Path, python: Path = REFERENCE_PYTHON) -> Path:
+def generate(golden_dir: Path, work_dir: Path, python: Path = REFERENCE_PYTHON, encode: bool = False) -> Path:
+    """Build the checkpoint, take the committed videos (``encode``: re-encode them first), run the recipe and
+    write the golden file."""
+    if not Path(python).exists():
+        raise SystemExit(f"{python} not found: run `bash reference/qwen2_vl/setup_env.sh` first")
+    if encode:
+        for path in encode_videos(VIDEOS_DIR).values():
+            print(f"encoded {path} ({path.stat().st_size} bytes): commit it with the regenerated golden",
+                  file=sys.stderr)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     checkpoint = build_checkpoint(work_dir / "checkpoint")
-    videos = build_videos(work_dir / "videos")
+    videos = copy_videos(work_dir / "videos")
     translation = write_transformers4_view(checkpoint, work_dir / "checkpoint-tf4")
     inputs_s = time.perf_counter() - t0
     cases_file = work_dir / "videos" / "cases.json"
@@ -322,7 +370,7 @@ def generate(golden_dir: Path, work_dir: Path, python: Path = REFERENCE_PYTHON) 
     for entry in result.pop("cases"):
         case = by_id[entry["id"]]
         if entry["video_sha256"] != sha256_file(videos[case.id]):
-            raise SystemExit(f"{case.id}: the recipe read different video bytes than were written")
+            raise SystemExit(f"{case.id}: the recipe read different video bytes than were copied")
         cases.append({"id": case.id, "why": case.why,
                       "write_clip": {"frames": case.frames, "fps": case.fps, "size": list(case.size), "gop": case.gop},
                       **entry})
@@ -330,8 +378,8 @@ def generate(golden_dir: Path, work_dir: Path, python: Path = REFERENCE_PYTHON) 
         "about": (
             "Golden VideoScore-Qwen2-VL logits: the published example's recipe (mantis-vl "
             "Qwen2VLForSequenceClassification on transformers 4.46.3, qwen-vl-utils 0.0.8) on an untrained "
-            "stand-in checkpoint and synthetic videos. Regenerate with `make reference`; compared by "
-            "tests/unit/test_qwen2_vl.py."
+            "stand-in checkpoint and the synthetic videos committed in reference/golden/videos. Regenerate with "
+            "`make reference`; compared by tests/unit/test_qwen2_vl.py."
         ),
         "generator": {
             "command": "bash reference/qwen2_vl/setup_env.sh && .venv/bin/python reference/qwen2_vl/generate.py",
@@ -381,16 +429,19 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(env_out) / "work-qwen2-vl" if env_out else ROOT / "build" / "reference-qwen2-vl")
     parser.add_argument("--python", type=Path, default=REFERENCE_PYTHON, help="the reference venv's python")
     parser.add_argument("--check", action="store_true", help="compare with the committed golden; exit 1 on drift")
+    parser.add_argument("--encode-videos", action="store_true",
+                        help="re-encode reference/golden/videos from CASES first (to add or change a case): this "
+                        "changes the golden's inputs; regenerate the golden and commit it with the videos")
     args = parser.parse_args(argv)
     if args.check:
-        fresh = generate(args.work_dir / "golden", args.work_dir, python=args.python)
+        fresh = generate(args.work_dir / "golden", args.work_dir, python=args.python, encode=args.encode_videos)
         problems = compare_goldens(json.loads(fresh.read_text()), json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text()))
         for line in problems:
             print(f"DRIFT {GOLDEN_FILE}: {line}", file=sys.stderr)
         print(f"{GOLDEN_FILE}: {'fresh == committed' if not problems else f'{len(problems)} differences'}",
               file=sys.stderr)
         return 1 if problems else 0
-    generate(args.golden_dir, args.work_dir, python=args.python)
+    generate(args.golden_dir, args.work_dir, python=args.python, encode=args.encode_videos)
     return 0
 
 

@@ -3,9 +3,11 @@
 The golden files (``reference/golden/idefics2_v1_1_{fp32,bf16}.json``) hold what the model card's recipe
 (mantis-vl 0.0.5's ``Idefics2ForSequenceClassification`` on transformers 4.52.4, run by
 ``reference/model_card_recipe.py``) outputs for an untrained stand-in checkpoint (VideoScore-v1.1, seed 0)
-and five synthetic videos. ``reference/generate.py`` made them; these tests rebuild the same checkpoint and
-videos with the same code, check they are byte-for-byte the inputs the golden was made from, and then hold
-each layer of our pipeline to the recipe's output:
+and five synthetic videos, committed as ``reference/golden/videos/<case id>.mp4`` (encoding is not
+bit-reproducible across machines, so they are never re-encoded here). ``reference/generate.py`` made the
+golden; these tests rebuild the same checkpoint with the same code, check that it and the committed videos are
+byte-for-byte the inputs the golden was made from, and then hold each layer of our pipeline to the recipe's
+output:
 
 1. frame sampling (``worker.frames.sample_video``): the card's indices and pixel-identical frames;
 2. the prompt (``worker.prompt.build_eval_prompt``): the card's eval prompt, character for character;
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -34,11 +37,12 @@ from reference.generate import (
     GOLDEN_DIR,
     GOLDEN_FILES,
     build_checkpoint,
-    build_videos,
     checkpoint_fingerprint,
+    committed_videos,
     sha256_array,
     sha256_file,
 )
+from tests.media import frame_number_of, layout_of
 from worker.frames import sample_video
 from worker.prompt import REGRESSION_QUERY_PROMPT, build_eval_prompt
 from worker.scorer import Scorer, ScoreRequest
@@ -47,6 +51,11 @@ GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILES["float32"]).read_text())
 GOLDEN_BF16 = json.loads((GOLDEN_DIR / GOLDEN_FILES["bfloat16"]).read_text())
 CASE_IDS = [case["id"] for case in GOLDEN["cases"]]
 REGENERATE = "if the change is intended, regenerate the golden with `make reference` and commit it"
+REENCODE = (
+    "restore the committed videos (`git checkout -- reference/golden/videos`); to change a case on purpose, run "
+    "`.venv/bin/python reference/generate.py --encode-videos` (it re-encodes them and regenerates the golden) "
+    "and commit the videos and reference/golden/idefics2_v1_1_*.json together"
+)
 
 # fp32: both stacks agree to 2.4e-7 here (measured; float32 rounding in a different operation order). 1e-4 is
 # 400x that, and 30x below the smallest effect of the eps bug the guard below plants (3e-3).
@@ -71,16 +80,14 @@ def _case(case_id: str, golden: dict = GOLDEN) -> dict:
     return next(c for c in golden["cases"] if c["id"] == case_id)
 
 
-# --- the rebuilt inputs ------------------------------------------------------------------------------------
+# --- the inputs: the checkpoint rebuilt, the videos as committed ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The golden's checkpoint and videos, rebuilt here by the generator's own code."""
-    root = tmp_path_factory.mktemp("parity")
-    checkpoint = build_checkpoint(root / "checkpoint")
-    videos = build_videos(root / "videos")
-    return {"checkpoint": checkpoint, "videos": videos}
+    """The golden's checkpoint, rebuilt here by the generator's own code, and its committed videos."""
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("parity") / "checkpoint")
+    return {"checkpoint": checkpoint, "videos": committed_videos()}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +121,7 @@ def logits_fp32(scorer_fp32: Scorer, sampled: dict) -> dict[str, list[float]]:
     return _score_all(scorer_fp32, sampled)
 
 
-# --- 0. the golden and the rebuilt inputs are what we think they are ------------------------------------------
+# --- 0. the golden and its inputs are what we think they are -------------------------------------------------
 
 
 def test_golden_was_made_by_the_model_card_stack():
@@ -142,11 +149,28 @@ def test_rebuilt_checkpoint_is_the_goldens(inputs: dict):
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_rebuilt_video_is_the_goldens(inputs: dict, case_id: str):
-    assert sha256_file(inputs["videos"][case_id]) == _case(case_id)["video_sha256"], (
-        f"{case_id}: tests/media.py (or the FFmpeg inside PyAV) now writes different bytes than the video the "
-        f"golden was made from; {REGENERATE}"
+def test_committed_video_is_the_goldens(inputs: dict, case_id: str):
+    video = inputs["videos"][case_id]
+    assert video.is_file(), f"{case_id}: {video} is missing; {REENCODE}"
+    assert sha256_file(video) == _case(case_id)["video_sha256"], (
+        f"{case_id}: {video} is not the video the golden was made from; {REENCODE}"
     )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_committed_video_is_what_its_case_describes(inputs: dict, case):
+    """The committed file is the clip ``CASES`` says (so a case edited without --encode-videos is caught):
+    its frame count, size and rate, keyframes every ``gop`` frames, and, drawn in each decoded picture by
+    ``worker.samples.make_video``, the frame numbers 0, 1, 2, ... in order."""
+    video = inputs["videos"][case.id]
+    layout = layout_of(video)
+    mismatch = f"{case.id}: {video} is not the clip its CASES entry describes; {REENCODE}"
+    assert (layout["frames"], layout["size"], layout["fps"]) == (case.frames, case.size, case.fps), mismatch
+    if case.gop is not None:
+        assert layout["keyframes"] == list(range(0, case.frames, case.gop)), mismatch
+    with av.open(str(video)) as container:
+        numbers = [frame_number_of(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    assert numbers == list(range(case.frames)), mismatch
 
 
 def test_prompt_template_is_the_goldens():

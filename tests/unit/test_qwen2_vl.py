@@ -3,9 +3,11 @@
 The golden file (``reference/golden/qwen2_vl_fp32.json``) holds what TIGER-AI-Lab/VideoScore's
 ``examples/run_videoscore_qwen2_vl.py`` outputs -- mantis-vl 0.0.5's ``Qwen2VLForSequenceClassification`` on
 transformers 4.46.3 with qwen-vl-utils 0.0.8, run by ``reference/qwen2_vl/recipe.py`` -- for an untrained
-stand-in checkpoint (seed 0) and four synthetic videos. ``reference/qwen2_vl/generate.py`` made it; these tests
-rebuild the same checkpoint and videos, check they are byte-for-byte the golden's inputs, and then hold each
-layer of our pipeline to the recipe's output:
+stand-in checkpoint (seed 0) and four synthetic videos, committed as ``reference/golden/videos/<case id>.mp4``
+(encoding is not bit-reproducible across machines, so they are never re-encoded here).
+``reference/qwen2_vl/generate.py`` made it; these tests rebuild the same checkpoint, check that it and the
+committed videos are byte-for-byte the golden's inputs, and then hold each layer of our pipeline to the recipe's
+output:
 
 1. frame sampling (``worker.qwen2_vl_recipe.sample_video``): qwen-vl-utils' 8-fps frame numbers, and frames
    pixel-identical to its decoder's;
@@ -32,17 +34,20 @@ import pytest
 import torch
 
 from core.variants import resolve_model
+from reference import generate as idefics2_generate
 from reference.qwen2_vl.generate import (
     CASES,
     GOLDEN_DIR,
     GOLDEN_FILE,
     OUT_ENV,
-    build_videos,
+    VIDEOS_DIR,
     checkpoint_fingerprint,
+    committed_videos,
     compare_goldens,
     sha256_array,
     sha256_file,
 )
+from tests.media import layout_of
 from worker import qwen2_vl_recipe
 from worker.prompt import REGRESSION_QUERY_PROMPT
 from worker.scorer import Scorer, ScoreRequest
@@ -50,6 +55,11 @@ from worker.scorer import Scorer, ScoreRequest
 GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text())
 CASE_IDS = [case["id"] for case in GOLDEN["cases"]]
 REGENERATE = "if the change is intended, regenerate the golden with `make reference` and commit it"
+REENCODE = (
+    "restore the committed videos (`git checkout -- reference/golden/videos`); to change a case on purpose, run "
+    "`.venv/bin/python reference/qwen2_vl/generate.py --encode-videos` (it re-encodes them and regenerates the "
+    "golden) and commit the videos and reference/golden/qwen2_vl_fp32.json together"
+)
 
 # fp32: both stacks agree to 4.8e-7 here (measured: float32 rounding in a different operation order, SDPA in
 # both). 1e-4 is 200x that, and far below what the position guard below plants.
@@ -64,12 +74,12 @@ def _max_abs_diff(ours, golden) -> float:
     return float(np.max(np.abs(np.asarray(ours, dtype=np.float64) - np.asarray(golden, dtype=np.float64))))
 
 
-# --- the rebuilt inputs ------------------------------------------------------------------------------------
+# --- the inputs: the checkpoint rebuilt (qwen2_vl_stand_in), the videos as committed ----------------------
 
 
 @pytest.fixture(scope="module")
-def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return build_videos(tmp_path_factory.mktemp("qwen2-vl-parity"))
+def videos() -> dict[str, Path]:
+    return committed_videos()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +105,7 @@ def logits(scorer: Scorer, sampled: dict) -> dict[str, list[float]]:
     }
 
 
-# --- 0. the golden and the rebuilt inputs are what we think they are ------------------------------------------
+# --- 0. the golden and its inputs are what we think they are -------------------------------------------------
 
 
 def test_golden_was_made_by_the_published_recipe_stack():
@@ -141,10 +151,31 @@ def test_rebuilt_checkpoint_is_the_goldens(qwen2_vl_stand_in: Path):
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
-def test_rebuilt_video_is_the_goldens(videos: dict, case_id: str):
-    assert sha256_file(videos[case_id]) == _case(case_id)["video_sha256"], (
-        f"{case_id}: reference/qwen2_vl/generate.py (or the FFmpeg inside PyAV) now writes different bytes; {REGENERATE}"
+def test_committed_video_is_the_goldens(videos: dict, case_id: str):
+    video = videos[case_id]
+    assert video.is_file(), f"{case_id}: {video} is missing; {REENCODE}"
+    assert sha256_file(video) == _case(case_id)["video_sha256"], (
+        f"{case_id}: {video} is not the video the golden was made from; {REENCODE}"
     )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_committed_video_is_what_its_case_describes(videos: dict, case):
+    """The committed file is the clip ``CASES`` says (so a case edited without --encode-videos is caught): its
+    frame count, size and rate, and keyframes every ``gop`` frames."""
+    layout = layout_of(videos[case.id])
+    mismatch = f"{case.id}: {videos[case.id]} is not the clip its CASES entry describes; {REENCODE}"
+    assert (layout["frames"], layout["size"], layout["fps"]) == (case.frames, case.size, case.fps), mismatch
+    if case.gop is not None:
+        assert layout["keyframes"] == list(range(0, case.frames, case.gop)), mismatch
+
+
+def test_the_videos_folder_holds_both_goldens_videos_and_nothing_else():
+    """Both generators keep their videos in reference/golden/videos by case id: --encode-videos for one golden
+    must not overwrite the other's inputs, and a video no golden uses should not linger there."""
+    ours, idefics2s = set(committed_videos().values()), set(idefics2_generate.committed_videos().values())
+    assert not ours & idefics2s, "a Qwen2-VL case shares its video file name with an Idefics2 case"
+    assert set(VIDEOS_DIR.iterdir()) == ours | idefics2s
 
 
 def test_prompt_template_is_the_goldens():

@@ -9,9 +9,11 @@ CI runs the generator into a temporary folder and then this file::
 ``test_fresh_golden_matches_committed`` then compares the fresh files with ``reference/golden/``: the inputs'
 fingerprints, sampled indices, frames, prompts and processor tensors exactly, the logits within what two runs
 of the same recipe may differ by (``reference.generate.logits_tolerance``). A drift on either side (the
-stand-in builder, the test videos, the recipe or its pinned environment) fails here with the field that moved,
-instead of surfacing as a mysterious logit mismatch in test_parity.py. Without the variable that test is
-skipped; the rest of this file (the comparison and translation logic) always runs and needs no reference venv.
+stand-in builder, the committed videos in reference/golden/videos, the recipe or its pinned environment) fails
+here with the field that moved, instead of surfacing as a mysterious logit mismatch in test_parity.py. The
+videos are read as committed, never re-encoded, so their ``video_sha256`` is the same on every machine.
+Without the variable that test is skipped; the rest of this file (the comparison and translation logic) always
+runs and needs no reference venv.
 """
 
 from __future__ import annotations
