@@ -51,7 +51,10 @@ def make_celery_app(settings: Settings, *, name: str = "videoscore") -> Celery:
             "queue_order_strategy": "priority",
         },
         worker_hijack_root_logger=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # The threads pool cannot terminate a task (Celery would log NotImplementedError from kill_job for each
+        # one), and need not: a task that outlives its broker connection still saves under its claim, and the
+        # redelivery of its unacknowledged message finds the job finished and is skipped.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
 

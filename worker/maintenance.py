@@ -8,7 +8,7 @@ see `db.jobs.requeue_orphans`), so 64 workers reaping at once do not send 64 cop
 
 Recovery after a worker is killed therefore takes at most lease_s + reap_interval_s, plus the wait behind
 the jobs already queued. The same round also reconciles the database with Redis (worker.reconcile): after
-Redis restarts, queued jobs whose message it lost are sent again. After the database was unreachable, the reaper first waits one lease with the
+Redis restarts or a worker dies, queued jobs whose message was lost are sent again. After the database was unreachable, the reaper first waits one lease with the
 database reachable: every worker's heartbeats failed during the outage, and reaping at once would hand
 every live worker's jobs to others (safe, but each would be scored twice).
 """
@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from core.errors import WorkerLostError
 from core.queueing import enqueue_jobs
 from db import jobs as job_queries
 from worker import metrics
@@ -45,7 +46,8 @@ class Maintenance:
         self._thread = threading.Thread(target=self._loop, name="videoscore-maintenance", daemon=True)
         self._db_ok_since: float | None = None  # monotonic time the database last became reachable
         self.reconciler = BrokerReconciler(runtime.db, celery_app, settings.broker_url,
-                                           interval_s=settings.reconcile_interval_s)
+                                           interval_s=settings.reconcile_interval_s,
+                                           worker_id=runtime.worker_id, member_ttl_s=settings.lease_s)
         self._broker_down_logged = False
         self._db_down_logged = False
 
@@ -55,14 +57,15 @@ class Maintenance:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._broker(self.reconciler.leave)
 
     def _loop(self) -> None:
         next_reap = time.monotonic() + self.reap_interval_s
         while not self._stop.wait(self.heartbeat_interval_s):
             try:
-                self.beat()
+                self._broker(self.reconciler.observe)  # before the database: an outage there must not look like
+                self.beat()                            # this worker leaving the fleet
                 self._database_is_up()
-                self._broker(self.reconciler.observe)
                 if time.monotonic() >= next_reap:
                     next_reap = time.monotonic() + self.reap_interval_s
                     if self._reaping_is_safe():
@@ -94,6 +97,10 @@ class Maintenance:
         if sent:
             metrics.REAPED.inc(sent)
             log.warning("re-sent %d jobs (orphaned by a dead worker or never sent)", sent)
+        if any(job.error_kind == WorkerLostError.kind for job in orphans):
+            # A dead worker may also have taken a message with BRPOP that kombu never recorded as unacknowledged:
+            # only a reconciliation finds it, so run one now rather than at the next interval.
+            self.reconciler.request("a worker died (its claimed jobs stopped heartbeating)")
         return sent
 
     def _broker(self, step: Callable[[], object]) -> None:

@@ -10,8 +10,14 @@ sub-lists, and the unacknowledged hash, which also holds ETA retries waiting in 
 database's queued jobs that were sent before the snapshot. Two snapshots a moment apart, each taken
 atomically (MULTI), so a message caught between BRPOP and its unacknowledged record in one snapshot is seen
 in the other. Missing jobs are sent again; a rare false positive only duplicates a message, and the claim
-makes duplicates harmless. One worker reconciles at a time (a Redis lock). It runs when Redis' run id
-changes (it restarted) and every `reconcile_interval_s`.
+makes duplicates harmless. One worker reconciles at a time (a Redis lock that only its holder releases).
+
+It runs every `reconcile_interval_s`, and promptly after the two events that can lose a message in BRPOP's
+window: Redis restarted (its run id changed), or a worker died (the reaper found its claimed jobs orphaned,
+or its fleet key in Redis disappeared: expired a lease after its last heartbeat, or removed as it shut
+down). A worker that asked for a reconciliation keeps asking
+until one has *finished* after it asked, by it or by another worker: a lock left behind by a reconciler that
+failed half-way (Redis went away again) must not make everyone believe the work was done.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
+import os
 import time
 from collections.abc import Iterable
 from datetime import timedelta
@@ -33,10 +41,14 @@ from db.session import Database
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "videoscore:reconcile:lock"
+LAST_RUN_KEY = "videoscore:reconcile:last"  # Redis time at which the newest finished reconciliation started
+MEMBER_PREFIX = "videoscore:fleet:"  # one key per live worker, refreshed every round, expiring a lease later
 SEP = "\x06\x16"  # kombu's Redis priority sub-list separator; steps 0 (the list itself), 3, 6, 9
 PRIORITY_STEPS = (3, 6, 9)
 UNACKED_KEY = "unacked"
 SNAPSHOT_GAP_S = 1.0
+_DELETE_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
 CLOCK_MARGIN = timedelta(seconds=5)  # producers stamp enqueued_at with their own clocks
 
 
@@ -50,17 +62,17 @@ def held_job_ids(client: Any, queues: Iterable[str]) -> set[str]:
     *lists, unacked = pipe.execute()
     ids: set[str] = set()
     for payload in (p for values in lists for p in values):
-        ids.add(_job_id(payload))
+        ids.add(job_id_of(payload))
     for entry in unacked:
         try:
-            ids.add(_job_id(json.loads(entry)[0]))
+            ids.add(job_id_of(json.loads(entry)[0]))
         except (ValueError, TypeError, IndexError):
             continue
     ids.discard("")
     return ids
 
 
-def _job_id(message: Any) -> str:
+def job_id_of(message: Any) -> str:
     """The job id a Celery message carries (its only argument), or "" for anything else."""
     try:
         if isinstance(message, (bytes, str)):
@@ -75,46 +87,94 @@ def _job_id(message: Any) -> str:
 
 
 class BrokerReconciler:
-    """Watches Redis' run id every maintenance round and reconciles when it changed or the interval passed.
+    """Watches Redis every maintenance round and reconciles when asked to or when the interval has passed.
 
     It talks to Redis with a client of its own with short socket timeouts: kombu's connection would retry a
     dead broker for a long time, and the maintenance thread must keep heartbeating meanwhile.
     """
 
     def __init__(self, db: Database, celery_app: Any, broker_url: str, *, interval_s: float,
-                 lock_s: float = 120.0) -> None:
+                 worker_id: str = "", member_ttl_s: float = 30.0, lock_s: float = 60.0) -> None:
         self.db = db
         self.celery_app = celery_app
         self.interval_s = interval_s
         self.lock_s = lock_s
+        self.worker_id = worker_id
+        self.member_ttl_s = member_ttl_s
         self.client = _redis_client(broker_url)
         self._run_id: str | None = None
-        self._pending = False  # Redis restarted and we have not reconciled since
+        self._members: set[str] | None = None  # the fleet as last seen; None until the first look
+        self._asked_at: float | None = None  # Redis' clock when a reconciliation was first asked for
         self._last = time.monotonic()
+        self._lock_token = f"{worker_id}:{os.urandom(8).hex()}"
+
+    @property
+    def pending(self) -> bool:
+        return self._asked_at is not None
+
+    def request(self, reason: str) -> None:
+        """Ask for a reconciliation at the next round (a worker died, Redis restarted)."""
+        if self.client is None:
+            return
+        if self._asked_at is None:
+            log.warning("%s: queued jobs will be reconciled with the broker", reason)
+            try:
+                self._asked_at = _redis_time(self.client)
+            except Exception:  # noqa: BLE001 - Redis is away: our own clock, at worst one reconciliation too many
+                self._asked_at = time.time()
 
     def observe(self) -> None:
-        """Note whether Redis restarted since the last look (cheap: one INFO)."""
+        """Note whether Redis restarted or a worker left the fleet since the last look (a few cheap commands)."""
         if self.client is None:
             return
         run_id = self.client.info("server").get("run_id")
         if self._run_id is not None and run_id != self._run_id:
-            log.warning("Redis restarted (run id changed): queued jobs will be reconciled with the broker")
-            self._pending = True
+            self.request("Redis restarted (run id changed)")
         self._run_id = run_id
+        self._observe_fleet()
+
+    def _observe_fleet(self) -> None:
+        if self.worker_id:
+            self.client.set(MEMBER_PREFIX + self.worker_id, "1", ex=max(1, math.ceil(self.member_ttl_s)))
+        members = {_text(key)[len(MEMBER_PREFIX):] for key in self.client.scan_iter(MEMBER_PREFIX + "*", count=1000)}
+        if self._members is not None and (gone := self._members - members):
+            self.request(f"worker {sorted(gone)[0]} left the fleet" if len(gone) == 1
+                         else f"{len(gone)} workers left the fleet")
+        self._members = members
+
+    def leave(self) -> None:
+        """Remove this worker from the fleet (at shutdown); the others reconcile, in case it lost a message."""
+        if self.client is not None and self.worker_id:
+            self.client.delete(MEMBER_PREFIX + self.worker_id)
 
     def maybe_run(self) -> int:
-        if self.client is None or not (self._pending or time.monotonic() - self._last >= self.interval_s):
+        """Reconcile if asked to (and nobody has since) or if the interval has passed. Returns jobs re-sent."""
+        if self.client is None:
             return 0
+        if self._asked_at is not None and _float(self.client.get(LAST_RUN_KEY)) > self._asked_at:
+            self._asked_at = None  # another worker finished a reconciliation after we asked: nothing left to do
+        if self._asked_at is None and time.monotonic() - self._last < self.interval_s:
+            return 0
+        if not self._take_lock():
+            return 0  # another worker is reconciling; if we asked, we ask again next round
+        started = _redis_time(self.client)
+        resent = self.run(self.client)
+        self.client.set(LAST_RUN_KEY, repr(started))
+        self._asked_at = None
         self._last = time.monotonic()
-        if not self.client.set(LOCK_KEY, "1", nx=True, ex=int(self.lock_s)):
-            self._pending = False  # another worker is reconciling this restart
-            return 0
-        try:
-            resent = self.run(self.client)
-            self._pending = False
-            return resent
-        finally:
-            self.client.delete(LOCK_KEY)
+        self._release_lock()  # if Redis fails before this, the lock stays ours: the next round takes it back
+        return resent
+
+    def _take_lock(self) -> bool:
+        ttl = max(1, math.ceil(self.lock_s))
+        if self.client.set(LOCK_KEY, self._lock_token, nx=True, ex=ttl):
+            return True
+        # Ours already: a run of ours failed before it could release it (Redis went away mid-run).
+        return self.client.eval(_RENEW_IF_OURS, 1, LOCK_KEY, self._lock_token, ttl) == 1
+
+    def _release_lock(self) -> None:
+        # Only the holder deletes the lock: one that expired while we ran may already be another worker's.
+        self.client.eval(_DELETE_IF_OURS, 1, LOCK_KEY, self._lock_token)
 
     def run(self, client: Any) -> int:
         """Send again every queued job the database says was sent and Redis does not hold. Returns how many."""
@@ -137,8 +197,26 @@ class BrokerReconciler:
             with self.db.transaction() as session:
                 job_queries.mark_enqueued(session, ids)
         if missing:
-            log.warning("re-sent %d queued jobs whose message the broker no longer held", len(missing))
+            log.warning("re-sent %d queued jobs whose message the broker no longer held: %s", len(missing),
+                        " ".join(job_id for job_id, _ in missing[:20]) + (" …" if len(missing) > 20 else ""))
         return len(missing)
+
+
+def _redis_time(client: Any) -> float:
+    """Redis' own clock, so that workers on hosts with skewed clocks agree on before and after."""
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value) if value is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _redis_client(broker_url: str) -> Any:

@@ -184,3 +184,86 @@ def test_the_chaos_suites_audit_counts_a_second_save_and_ignores_bookkeeping(dat
         rows = s.execute(text("SELECT job_id, count(*) FROM completion_audit GROUP BY job_id")).all()
     assert audited_once == 1
     assert [(r[0], r[1]) for r in rows] == [(job_id, 2)] and other not in {r[0] for r in rows}
+
+
+# --- when reconciliation runs: promptly after a worker leaves the fleet, and until one has finished ----------
+
+
+def _lost_message_fixture(database_url: str, redis_server):  # type: ignore[no-untyped-def]
+    """A queued job whose message was sent and then taken with BRPOP by a worker that died before kombu
+    recorded it: it is in no Redis list and not in the unacknowledged hash."""
+    import uuid
+
+    import redis
+
+    from core.queueing import enqueue_jobs, make_celery_app
+    from core.settings import Settings
+
+    db = Database(database_url)
+    queue = f"rec-{uuid.uuid4().hex[:8]}"
+    [lost] = _insert(db, 1, queue=queue)
+    with db.transaction() as s:
+        jobs.mark_enqueued(s, [lost])
+        s.execute(update(Job).values(enqueued_at=utcnow() - timedelta(minutes=1)))
+    settings = Settings(database_url=database_url, broker_url=redis_server.url.rsplit("/", 1)[0] + "/8")
+    app = make_celery_app(settings)
+    client = redis.Redis.from_url(settings.broker_url)
+    client.flushdb()
+    enqueue_jobs(app, [lost], queue=queue)
+    assert client.rpop(queue) is not None  # the dead worker's BRPOP
+    return db, app, settings, client, queue, lost
+
+
+def test_a_worker_leaving_the_fleet_triggers_a_reconciliation_that_resends_its_lost_message(
+        database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
+    from worker.reconcile import BrokerReconciler
+
+    db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
+    try:
+        survivor = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="survivor")
+        victim = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="victim",
+                                  member_ttl_s=1)
+        victim.observe()
+        survivor.observe()
+        assert not survivor.pending and survivor.maybe_run() == 0, "nobody left: the hourly interval decides"
+
+        client.delete("videoscore:fleet:victim")  # its key expired: it stopped observing a lease ago
+        survivor.observe()
+        assert survivor.pending
+        assert survivor.maybe_run() == 1
+        assert not survivor.pending
+        assert len(client.lrange(queue, 0, -1)) == 1, "the lost job's message is back in its queue"
+    finally:
+        client.flushdb()
+
+
+def test_a_lock_left_by_a_reconciler_that_died_does_not_cancel_the_request(
+        database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
+    from worker.reconcile import LOCK_KEY, BrokerReconciler
+
+    db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
+    try:
+        reconciler = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1")
+        reconciler.request("a worker died")
+        client.set(LOCK_KEY, "w2:gone", ex=60)  # w2 took the lock, then lost Redis before finishing
+        assert reconciler.maybe_run() == 0 and reconciler.pending, "still asked for: nobody has finished one"
+        client.delete(LOCK_KEY)  # the lock expires
+        assert reconciler.maybe_run() == 1 and not reconciler.pending
+    finally:
+        client.flushdb()
+
+
+def test_a_reconciliation_finished_by_another_worker_after_the_request_satisfies_it(
+        database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
+    from worker.reconcile import BrokerReconciler
+
+    db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
+    try:
+        mine = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1")
+        other = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w2")
+        mine.request("Redis restarted")
+        other.request("Redis restarted")
+        assert other.maybe_run() == 1
+        assert mine.maybe_run() == 0 and not mine.pending, "w2's run started after w1 asked: nothing left to do"
+    finally:
+        client.flushdb()
