@@ -49,7 +49,9 @@ UNACKED_KEY = "unacked"
 SNAPSHOT_GAP_S = 1.0
 _DELETE_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
-CLOCK_MARGIN = timedelta(seconds=5)  # producers stamp enqueued_at with their own clocks
+# Jobs sent this shortly before a run are not compared: their message may still be on its way (producers stamp
+# enqueued_at with their own clocks). A requested run therefore waits this long after the request (maybe_run).
+CLOCK_MARGIN = timedelta(seconds=5)
 
 
 def held_job_ids(client: Any, queues: Iterable[str]) -> set[str]:
@@ -94,8 +96,10 @@ class BrokerReconciler:
     """
 
     def __init__(self, db: Database, celery_app: Any, broker_url: str, *, interval_s: float,
-                 worker_id: str = "", member_ttl_s: float = 30.0, lock_s: float = 60.0) -> None:
+                 worker_id: str = "", member_ttl_s: float = 30.0, lock_s: float = 60.0,
+                 clock_margin: timedelta = CLOCK_MARGIN) -> None:
         self.db = db
+        self.clock_margin = clock_margin
         self.celery_app = celery_app
         self.interval_s = interval_s
         self.lock_s = lock_s
@@ -151,8 +155,14 @@ class BrokerReconciler:
         """Reconcile if asked to (and nobody has since) or if the interval has passed. Returns jobs re-sent."""
         if self.client is None:
             return 0
-        if self._asked_at is not None and _float(self.client.get(LAST_RUN_KEY)) > self._asked_at:
-            self._asked_at = None  # another worker finished a reconciliation after we asked: nothing left to do
+        if self._asked_at is not None:
+            # A run looks only at jobs sent clock_margin before it started. To cover every job sent before the
+            # event we were asked about, it must start at least that long after the request.
+            covered_from = self._asked_at + self.clock_margin.total_seconds()
+            if _float(self.client.get(LAST_RUN_KEY)) >= covered_from:
+                self._asked_at = None  # another worker finished such a run after we asked: nothing left to do
+            elif _redis_time(self.client) < covered_from:
+                return 0  # too soon: a run now would skip the jobs sent just before the event
         if self._asked_at is None and time.monotonic() - self._last < self.interval_s:
             return 0
         if not self._take_lock():
@@ -187,7 +197,7 @@ class BrokerReconciler:
         time.sleep(SNAPSHOT_GAP_S)
         second = held_job_ids(client, queues)
         with self.db.transaction() as session:
-            sent = fleet_queries.queued_sent_before(session, started - CLOCK_MARGIN)
+            sent = fleet_queries.queued_sent_before(session, started - self.clock_margin)
         missing = [(job_id, queue) for job_id, queue in sent if job_id not in first and job_id not in second]
         by_queue: dict[str, list[str]] = {}
         for job_id, queue in missing:

@@ -189,6 +189,15 @@ def test_the_chaos_suites_audit_counts_a_second_save_and_ignores_bookkeeping(dat
 # --- when reconciliation runs: promptly after a worker leaves the fleet, and until one has finished ----------
 
 
+MARGIN = timedelta(seconds=0.5)  # BrokerReconciler's clock margin, shortened for these tests
+
+
+def _wait_out(margin: timedelta) -> None:
+    import time
+
+    time.sleep(margin.total_seconds() + 0.1)
+
+
 def _lost_message_fixture(database_url: str, redis_server):  # type: ignore[no-untyped-def]
     """A queued job whose message was sent and then taken with BRPOP by a worker that died before kombu
     recorded it: it is in no Redis list and not in the unacknowledged hash."""
@@ -220,7 +229,8 @@ def test_a_worker_leaving_the_fleet_triggers_a_reconciliation_that_resends_its_l
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     try:
-        survivor = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="survivor")
+        survivor = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="survivor",
+                                    clock_margin=MARGIN)
         victim = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="victim",
                                   member_ttl_s=1)
         victim.observe()
@@ -230,6 +240,7 @@ def test_a_worker_leaving_the_fleet_triggers_a_reconciliation_that_resends_its_l
         client.delete("videoscore:fleet:victim")  # its key expired: it stopped observing a lease ago
         survivor.observe()
         assert survivor.pending
+        _wait_out(MARGIN)
         assert survivor.maybe_run() == 1
         assert not survivor.pending
         assert len(client.lrange(queue, 0, -1)) == 1, "the lost job's message is back in its queue"
@@ -243,8 +254,10 @@ def test_a_lock_left_by_a_reconciler_that_died_does_not_cancel_the_request(
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     try:
-        reconciler = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1")
+        reconciler = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1",
+                                      clock_margin=MARGIN)
         reconciler.request("a worker died")
+        _wait_out(MARGIN)
         client.set(LOCK_KEY, "w2:gone", ex=60)  # w2 took the lock, then lost Redis before finishing
         assert reconciler.maybe_run() == 0 and reconciler.pending, "still asked for: nobody has finished one"
         client.delete(LOCK_KEY)  # the lock expires
@@ -259,11 +272,33 @@ def test_a_reconciliation_finished_by_another_worker_after_the_request_satisfies
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     try:
-        mine = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1")
-        other = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w2")
+        mine = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1", clock_margin=MARGIN)
+        other = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w2", clock_margin=MARGIN)
         mine.request("Redis restarted")
         other.request("Redis restarted")
+        _wait_out(MARGIN)
         assert other.maybe_run() == 1
         assert mine.maybe_run() == 0 and not mine.pending, "w2's run started after w1 asked: nothing left to do"
+    finally:
+        client.flushdb()
+
+
+def test_a_requested_run_waits_until_it_covers_the_jobs_sent_just_before_the_event(
+        database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A run compares only jobs sent a clock margin before it starts: one started at once after Redis came back
+    skipped the jobs sent in the seconds before the crash, and then counted as done (a stall until the
+    hourly-scale interval, seen in the Redis-restart scenario)."""
+    from worker.reconcile import BrokerReconciler
+
+    db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
+    with db.transaction() as s:
+        s.execute(update(Job).values(enqueued_at=utcnow()))  # sent a moment before Redis died
+    try:
+        reconciler = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1",
+                                      clock_margin=MARGIN)
+        reconciler.request("Redis restarted")
+        assert reconciler.maybe_run() == 0 and reconciler.pending, "too soon: the job would not be compared yet"
+        _wait_out(MARGIN)
+        assert reconciler.maybe_run() == 1 and not reconciler.pending
     finally:
         client.flushdb()
