@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup demo test test-fast chaos reference bench clean
+.PHONY: help setup demo test test-fast lint chaos reference bench clean
 
 help:
 	@echo "make demo       score sample videos end to end on embedded servers (stand-in model)"
-	@echo "make test       install what the suite needs and run it (what CI runs)"
+	@echo "make test       install what the suite needs, lint, and run the suite (what CI runs)"
+	@echo "make lint       ruff and mypy over the repository"
 	@echo "make reference  rebuild the mantis-vl reference environments and golden logits (Idefics2, Qwen2-VL)"
 	@echo "make bench      run the CPU benchmarks in bench/"
 	@echo "make chaos      the fleet chaos suite alone (part of make test); figures in var/chaos-figures.log"
@@ -24,9 +25,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/videoscore demo
 
-test: setup
+test: setup lint
 	bash scripts/ensure-servers.sh
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not postgres and not slow"
@@ -46,4 +51,4 @@ bench: setup
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) .venv-reference .venv-reference-qwen .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-reference .venv-reference-qwen .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -4,6 +4,6 @@ It holds no logic of its own: submitting goes through producer.client.Client and
 Run it with `videoscore api --host 127.0.0.1 --port 8000`.
 """
 
-from api.app import create_app
+from videoscore.api.app import create_app
 
 __all__ = ["create_app"]

@@ -25,7 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.schemas import (
+from videoscore.api.schemas import (
     AggregatesOut,
     BatchOut,
     CancelOut,
@@ -37,14 +37,14 @@ from api.schemas import (
     SubmittedMany,
     WebhookIn,
 )
-from core.errors import InvalidJobError, PromptTooLongError, UnknownModelError
-from core.jobspec import JobRequest, validate_job
-from core.names import JobStatus
-from core.settings import Settings
-from core.variants import ASPECTS
-from db.queries import BadCursorError, JobFilter
-from producer.client import Client
-from producer.webhooks import check_webhook_url
+from videoscore.core.errors import InvalidJobError, PromptTooLongError, UnknownModelError
+from videoscore.core.jobspec import JobRequest, validate_job
+from videoscore.core.names import JobStatus
+from videoscore.core.settings import Settings
+from videoscore.core.variants import ASPECTS
+from videoscore.core.webhooks import check_webhook_url
+from videoscore.db.queries import BadCursorError, JobFilter
+from videoscore.producer.client import Client
 
 log = logging.getLogger(__name__)
 

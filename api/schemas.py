@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from db.queries import AspectStats, BatchSummary, GroupStats
-from db.records import JobRecord
+from videoscore.db.queries import AspectStats, BatchSummary, GroupStats
+from videoscore.db.records import JobRecord
 
 
 class FieldError(BaseModel):

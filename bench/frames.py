@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere: bench/ is not a 
 
 import numpy as np
 
-from worker.frames import SampledVideo, sample_video
-from worker.samples import make_video
+from videoscore.worker.testing.media import make_video
+from videoscore.worker.video.frames import SampledVideo, sample_video
 
 FPS = 24
 SIZE = (640, 360)

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.dialects import postgresql  # noqa: E402
 
-from db.migrate import upgrade  # noqa: E402
-from db.queries import ContentKey, JobFilter, _aggregate_in_sql  # noqa: E402
-from db.session import Database  # noqa: E402
-from tests.servers import PostgresServer  # noqa: E402
+from videoscore.db.migrate import upgrade  # noqa: E402
+from videoscore.db.queries import ContentKey, JobFilter, _aggregate_in_sql  # noqa: E402
+from videoscore.db.session import Database  # noqa: E402
+from videoscore.worker.testing.servers import PostgresServer  # noqa: E402
 
 MODELS = ["TIGER-Lab/VideoScore", "TIGER-Lab/VideoScore-anno-only", "TIGER-Lab/VideoScore-v1.1",
           "TIGER-Lab/VideoScore-Qwen2-VL"]
@@ -98,8 +98,8 @@ def main() -> int:
         # what db.queries.aggregate runs, captured by compiling its statement
         from sqlalchemy import func, select
 
-        from core.variants import ASPECTS
-        from db.models import Job
+        from videoscore.core.variants import ASPECTS
+        from videoscore.db.models import Job
 
         columns = [Job.batch, func.count(), func.bool_or(Job.stand_in_model)]
         for aspect in ASPECTS:

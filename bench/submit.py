@@ -1,6 +1,6 @@
 """Bulk-submit throughput: a manifest of N rows into the database and the queue, on SQLite and PostgreSQL.
 
-Starts a real Redis and a real PostgreSQL on 127.0.0.1 the way the tests do (tests/servers.py,
+Starts a real Redis and a real PostgreSQL on 127.0.0.1 the way the tests do (videoscore.worker.testing.servers,
 worker/embedded.py), writes a JSON Lines manifest, and times `videoscore submit manifest.jsonl`'s two halves:
 reading + validating every row, then inserting (multi-row INSERT … ON CONFLICT, 5,000 rows a transaction)
 and sending (Celery messages LPUSHed 5,000 per round trip) with `enqueued_at` marked. Prints jobs/s; asserts
@@ -26,13 +26,15 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from core.settings import Settings  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
-from db.models import Job  # noqa: E402
-from producer.client import Client  # noqa: E402
-from producer.manifest import read_manifest  # noqa: E402
-from tests.servers import PostgresServer  # noqa: E402
-from worker.embedded import RedisServer  # noqa: E402
+from videoscore.core.settings import Settings  # noqa: E402
+from videoscore.db.migrate import upgrade  # noqa: E402
+from videoscore.db.models import Job  # noqa: E402
+from videoscore.producer.client import Client  # noqa: E402
+from videoscore.producer.manifest import read_manifest  # noqa: E402
+from videoscore.worker.testing.servers import (
+    PostgresServer,  # noqa: E402
+    RedisServer,  # noqa: E402
+)
 
 
 def write_manifest(path: Path, rows: int) -> Path:

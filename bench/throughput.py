@@ -34,12 +34,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core.variants import ModelSpec, resolve_model  # noqa: E402
-from worker.engine import Engine  # noqa: E402
-from worker.frames import probe_video, read_frames, sample_indices, sample_video  # noqa: E402
-from worker.prompt import build_eval_prompt  # noqa: E402
-from worker.samples import make_video  # noqa: E402
-from worker.scorer import Scorer, ScoreRequest  # noqa: E402
+from videoscore.core.variants import ModelSpec, resolve_model  # noqa: E402
+from videoscore.worker.model.engine import Engine  # noqa: E402
+from videoscore.worker.model.prompt import build_eval_prompt  # noqa: E402
+from videoscore.worker.model.scorer import Scorer, ScoreRequest  # noqa: E402
+from videoscore.worker.testing.media import make_video  # noqa: E402
+from videoscore.worker.video.frames import probe_video, read_frames, sample_indices, sample_video  # noqa: E402
 
 TFLOP_PER_VIDEO_16 = {"378": 35.0, "720p": 82.0}  # field notes: one 16-frame forward of the 8B model
 
@@ -81,7 +81,7 @@ def main() -> None:
 
 
 def stand_in_spec(workdir: Path) -> ModelSpec:
-    from worker.stand_in import build_stand_in_checkpoint
+    from videoscore.worker.testing.stand_in import build_stand_in_checkpoint
 
     return resolve_model(str(build_stand_in_checkpoint(workdir / "stand-in", seed=0)))
 
@@ -96,8 +96,8 @@ def load_full_size(spec: ModelSpec, device: str, attn: str | None) -> Scorer:
     """The Mantis-8B-Idefics2 architecture with random bf16 weights, driven by the stand-in's processor."""
     from transformers import AutoProcessor
 
-    from worker.modeling import VideoScoreForSequenceClassification
-    from worker.scorer import checkpoint_revision
+    from videoscore.worker.model.idefics2.modeling import VideoScoreForSequenceClassification
+    from videoscore.worker.model.scorer import checkpoint_revision
 
     processor = AutoProcessor.from_pretrained(spec.source, backend="pil")
     config = full_size_config(processor.tokenizer)

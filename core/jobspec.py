@@ -7,8 +7,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.errors import InvalidJobError, PromptTooLongError
-from core.variants import DEFAULT_MODEL, resolve_model
+from videoscore.core.errors import InvalidJobError, PromptTooLongError
+from videoscore.core.variants import DEFAULT_MODEL, resolve_model
 
 ALLOWED_SCHEMES = ("s3", "file")
 MAX_TAGS = 32

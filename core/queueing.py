@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from core.names import TASK_SCORE_JOB
-from core.settings import Settings
-from core.variants import VARIANTS
+from videoscore.core.names import TASK_SCORE_JOB
+from videoscore.core.settings import Settings
+from videoscore.core.variants import VARIANTS
 
 PRIORITY_SUFFIX = {"high": ".high", "normal": "", "low": ".low"}
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.variants import DEFAULT_MODEL
+from videoscore.core.variants import DEFAULT_MODEL
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from core.errors import UnknownModelError
+from videoscore.core.errors import UnknownModelError
 
 Family = Literal["idefics2", "qwen2_vl"]
 

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.names import JobStatus
-from db.models import Job, utcnow
+from videoscore.core.names import JobStatus
+from videoscore.db.models import Job, utcnow
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 

@@ -20,11 +20,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from core.errors import WorkerLostError
-from core.jobspec import JobRequest
-from core.names import JobStatus
-from db.models import Job, utcnow
-from db.records import JobRecord, ScoreResult
+from videoscore.core.errors import WorkerLostError
+from videoscore.core.jobspec import JobRequest
+from videoscore.core.names import JobStatus
+from videoscore.db.models import Job, utcnow
+from videoscore.db.records import JobRecord, ScoreResult
 
 
 def new_job_id() -> str:

@@ -24,7 +24,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 def current_revision(database_url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    from db.session import make_engine
+    from videoscore.db.session import make_engine
 
     engine = make_engine(database_url)
     try:

@@ -18,10 +18,10 @@ from typing import Any, Literal
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from core.names import JobStatus
-from core.variants import ASPECTS
-from db.models import Batch, Job, utcnow
-from db.records import JobRecord, ScoreResult
+from videoscore.core.names import JobStatus
+from videoscore.core.variants import ASPECTS
+from videoscore.db.models import Batch, Job, utcnow
+from videoscore.db.records import JobRecord, ScoreResult
 
 PERCENTILES = (0.1, 0.5, 0.9)
 UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)

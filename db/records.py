@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from core.variants import ASPECTS
-from db.models import Job
+from videoscore.core.variants import ASPECTS
+from videoscore.db.models import Job
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ COPY db db
 COPY producer producer
 COPY worker worker
 COPY api api
+# the namespace root: its own modules, and links to the rooms copied above
+COPY videoscore videoscore
 RUN pip install '.[api]'
 
 FROM python:3.11-slim-bookworm

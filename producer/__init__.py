@@ -2,13 +2,13 @@
 
 It imports no torch, transformers, av or numpy (a test proves it).
 
-    from producer import Client
+    from videoscore.producer import Client
     client = Client()                      # settings from VIDEOSCORE_* variables
     job = client.submit("s3://videos/a.mp4", prompt="a cat surfing")
     done = client.wait([job.id])
     print(done[0].scores)
 """
 
-from producer.client import Client, JobTimeoutError
+from videoscore.producer.client import Client, JobTimeoutError
 
 __all__ = ["Client", "JobTimeoutError"]

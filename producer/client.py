@@ -6,17 +6,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
-from core.errors import VideoScoreError
-from core.jobspec import JobRequest, validate_job
-from core.names import TERMINAL_STATUSES
-from core.queueing import enqueue_pipelined, make_celery_app, queue_for
-from core.settings import Settings
-from db import jobs as job_queries
-from db import queries
-from db.queries import GroupStats, JobFilter, Page
-from db.records import JobRecord
-from db.session import Database
-from producer.webhooks import check_webhook_url, fire_if_batch_complete
+from videoscore.core.errors import VideoScoreError
+from videoscore.core.jobspec import JobRequest, validate_job
+from videoscore.core.names import TERMINAL_STATUSES
+from videoscore.core.queueing import enqueue_pipelined, make_celery_app, queue_for
+from videoscore.core.settings import Settings
+from videoscore.core.webhooks import check_webhook_url, fire_if_batch_complete
+from videoscore.db import jobs as job_queries
+from videoscore.db import queries
+from videoscore.db.queries import GroupStats, JobFilter, Page
+from videoscore.db.records import JobRecord
+from videoscore.db.session import Database
 
 
 class JobTimeoutError(VideoScoreError):

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from db.records import JobRecord
+from videoscore.db.records import JobRecord
 
 COLUMNS = [f.name for f in fields(JobRecord)]
 PARQUET_ROWS_PER_GROUP = 50_000

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import InvalidJobError
-from core.jobspec import JobRequest, validate_job
+from videoscore.core.errors import InvalidJobError
+from videoscore.core.jobspec import JobRequest, validate_job
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 TRUE = {"true", "1", "yes", "y"}

@@ -8,10 +8,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.variants import ASPECTS
-from db.queries import GroupStats
-from db.records import JobRecord
-from producer.client import Client
+from videoscore.core.variants import ASPECTS
+from videoscore.db.queries import GroupStats
+from videoscore.db.records import JobRecord
+from videoscore.producer.client import Client
 
 SHORT = {
     "visual_quality": "visual",

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.variants import resolve_model  # noqa: E402
-from worker.frames import sample_video  # noqa: E402
-from worker.scorer import Scorer, ScoreRequest  # noqa: E402
+from videoscore.core.variants import resolve_model  # noqa: E402
+from videoscore.worker.model.scorer import Scorer, ScoreRequest  # noqa: E402
+from videoscore.worker.video.frames import sample_video  # noqa: E402
 
 VIDEO1_PROMPT = (
     "Near the Elephant Gate village, they approach the haunted house at night. Rajiv feels anxious, but Bhavesh "

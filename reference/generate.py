@@ -6,7 +6,7 @@ Run with the project's venv (it builds inputs with project code), after ``bash r
 
 It
 
-1. builds the untrained stand-in checkpoint (``worker.stand_in``, TIGER-Lab/VideoScore-v1.1, seed 0) into a
+1. builds the untrained stand-in checkpoint (``videoscore.worker.testing.stand_in``, TIGER-Lab/VideoScore-v1.1, seed 0) into a
    work folder, and copies the golden's videos there from ``reference/golden/videos/<case id>.mp4``;
 2. writes a transformers-4 view of the checkpoint (``write_transformers4_view``: the same weights and
    tokenizer, with the few JSON files transformers 5.24 writes in a layout 4.52.4 cannot read translated)
@@ -44,7 +44,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,7 +179,7 @@ def checkpoint_fingerprint(folder: Path) -> dict:
 
 def build_checkpoint(folder: Path) -> Path:
     """The stand-in checkpoint the golden is made with (transformers 5 layout)."""
-    from worker.stand_in import build_stand_in_checkpoint
+    from videoscore.worker.testing.stand_in import build_stand_in_checkpoint
 
     return build_stand_in_checkpoint(Path(folder), variant=VARIANT, seed=SEED)
 
@@ -210,7 +210,7 @@ def encode_videos(folder: Path = VIDEOS_DIR) -> dict[str, Path]:
     Not bit-reproducible across machines or runs: run it to add or change a case, then regenerate the golden
     from the result and commit the videos and the golden together.
     """
-    from worker.samples import make_video
+    from videoscore.worker.testing.media import make_video
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def encode_videos(folder: Path = VIDEOS_DIR) -> dict[str, Path]:
 
 
 def max_num_frames() -> int:
-    from core.variants import VARIANTS
+    from videoscore.core.variants import VARIANTS
 
     return VARIANTS[VARIANT].num_frames
 

@@ -64,10 +64,9 @@ from typing import List
 import av
 import numpy as np
 import torch
+from mantis.models.idefics2 import Idefics2ForSequenceClassification
 from PIL import Image
 from transformers import AutoProcessor
-
-from mantis.models.idefics2 import Idefics2ForSequenceClassification
 
 
 # ----- from the model card, unchanged ------------------------------------------------------------------------

@@ -25,13 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.settings import Settings  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
-from producer.client import Client  # noqa: E402
-from producer.report import build_report, screenshot  # noqa: E402
-from worker.embedded import RedisServer, S3Server  # noqa: E402
-from worker.stand_in import build_stand_in_checkpoint  # noqa: E402
-from worker.storage import make_s3_client  # noqa: E402
+from videoscore.core.settings import Settings  # noqa: E402
+from videoscore.db.migrate import upgrade  # noqa: E402
+from videoscore.producer.client import Client  # noqa: E402
+from videoscore.report import build_report, screenshot  # noqa: E402
+from videoscore.worker.testing.servers import RedisServer, S3Server  # noqa: E402
+from videoscore.worker.testing.stand_in import build_stand_in_checkpoint  # noqa: E402
+from videoscore.worker.video.storage import make_s3_client  # noqa: E402
 
 BUCKET = "gen-videos"
 W, H, FRAMES = 192, 112, 24
@@ -121,7 +121,7 @@ def main() -> int:
         jobs.append({"video_uri": f"s3://{BUCKET}/run-42/lost.mp4", "prompt": "a clip that was never uploaded",
                      "batch": "run-42", "model": str(checkpoint)})
         env = {**os.environ, **settings.to_env()}
-        worker = subprocess.Popen([sys.executable, "-m", "producer.cli", "worker", "--concurrency", "4"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "videoscore", "worker", "--concurrency", "4"], env=env,
                                   stdout=(work / "worker.log").open("ab"), stderr=subprocess.STDOUT)
         with Client(settings) as client:
             submitted = client.submit_many(jobs)

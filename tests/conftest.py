@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from db.migrate import upgrade
+from videoscore.db.migrate import upgrade
+
 pytest_plugins = ["tests.model_fixtures"] if (Path(__file__).parent / "model_fixtures.py").exists() else []
-from tests.servers import PostgresServer
-from worker.embedded import RedisServer, S3Server
+from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import av
 
-from worker.samples import (  # noqa: F401
+from videoscore.worker.testing.media import (  # noqa: F401
     FRAME_NUMBER_BITS,
     draw_frame,
     frame_number_of,

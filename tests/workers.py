@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.settings import Settings
+from videoscore.core.settings import Settings
 
 
 class WorkerProcess:
@@ -22,7 +22,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         env = {**os.environ, **self.settings.to_env()}
-        argv = [sys.executable, "-m", "producer.cli", "worker", "--concurrency", str(self.concurrency),
+        argv = [sys.executable, "-m", "videoscore.worker.testing.fleet_worker", "worker", "--concurrency", str(self.concurrency),
                 "--hostname", f"{self.name}@%h", "--loglevel", "INFO"]
         self.process = subprocess.Popen(argv, env=env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         return self

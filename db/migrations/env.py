@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from db.models import Base
-from db.session import make_engine
+from videoscore.db.models import Base
+from videoscore.db.session import make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -170,7 +170,7 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_conf
 
 def build_checkpoint(folder: Path) -> Path:
     """The stand-in checkpoint the golden is made with (transformers 5 layout)."""
-    from worker.stand_in_qwen2_vl import build_qwen2_vl_stand_in
+    from videoscore.worker.testing.stand_in_qwen2_vl import build_qwen2_vl_stand_in
 
     return build_qwen2_vl_stand_in(Path(folder), seed=SEED)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
-from db.migrate import upgrade
 from tests.api.servers import TOKEN, ApiProcess
-from worker.embedded import RedisServer
+from videoscore.core.settings import Settings
+from videoscore.db.migrate import upgrade
+from videoscore.worker.testing.servers import RedisServer
 
 WEBHOOK_SECRET = "whsec-test"
 

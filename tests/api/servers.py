@@ -16,14 +16,14 @@ from pathlib import Path
 
 import httpx
 
-from core.settings import Settings
-from worker.embedded import free_port
+from videoscore.core.settings import Settings
+from videoscore.worker.testing.servers import free_port
 
 TOKEN = "test-token-3f1c"
 
 
 class ApiProcess:
-    """`python -m producer.cli api` on 127.0.0.1 and a free port, stopped by PID."""
+    """`python -m videoscore api` on 127.0.0.1 and a free port, stopped by PID."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -37,7 +37,7 @@ class ApiProcess:
 
     def start(self, timeout_s: float = 30.0) -> "ApiProcess":
         env = {**os.environ, **self.settings.to_env()}
-        argv = [sys.executable, "-m", "producer.cli", "api", "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [sys.executable, "-m", "videoscore", "api", "--host", "127.0.0.1", "--port", str(self.port),
                 "--log-level", "warning"]
         self.process = subprocess.Popen(argv, env=env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s

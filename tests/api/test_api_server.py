@@ -16,12 +16,12 @@ import httpx
 import pytest
 import redis
 
-from core.variants import ASPECTS
-from db import jobs as job_queries
-from db.records import ScoreResult
-from db.session import Database
 from tests.api.conftest import WEBHOOK_SECRET, Api
 from tests.api.servers import WebhookReceiver
+from videoscore.core.variants import ASPECTS
+from videoscore.db import jobs as job_queries
+from videoscore.db.records import ScoreResult
+from videoscore.db.session import Database
 
 
 def _job(**fields: object) -> dict[str, object]:

@@ -10,12 +10,12 @@ from pathlib import Path
 import redis
 from typer.testing import CliRunner
 
-from core.settings import Settings
-from db.migrate import upgrade
-from db.queries import JobFilter
-from producer import cli
-from producer.client import Client
-from worker.embedded import RedisServer
+from videoscore import cli
+from videoscore.core.settings import Settings
+from videoscore.db.migrate import upgrade
+from videoscore.db.queries import JobFilter
+from videoscore.producer.client import Client
+from videoscore.worker.testing.servers import RedisServer
 
 
 def test_skip_invalid_submits_the_good_rows_and_reports_the_bad_one(tmp_path: Path, redis_server: RedisServer) -> None:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from db.migrate import upgrade
 from tests.api.conftest import Api, api_settings
 from tests.api.servers import TOKEN, ApiProcess
-from tests.servers import PostgresServer
-from worker.embedded import RedisServer
+from videoscore.db.migrate import upgrade
+from videoscore.worker.testing.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.postgres
 

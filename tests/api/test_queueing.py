@@ -9,7 +9,7 @@ import uuid
 import pytest
 import redis
 
-from core.queueing import (
+from videoscore.core.queueing import (
     CeleryMessageTemplate,
     enqueue_jobs,
     enqueue_pipelined,
@@ -18,8 +18,8 @@ from core.queueing import (
     queue_for,
     worker_queues,
 )
-from core.settings import Settings
-from worker.embedded import RedisServer
+from videoscore.core.settings import Settings
+from videoscore.worker.testing.servers import RedisServer
 
 
 def test_one_model_shares_one_queue_with_high_and_low_beside_it() -> None:

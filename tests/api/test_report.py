@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.jobspec import JobRequest
-from core.settings import Settings
-from core.variants import ASPECTS
-from db import jobs as job_queries
-from db.migrate import upgrade
-from db.records import ScoreResult
-from db.session import Database
-from producer.client import Client
-from producer.report import build_report, find_chromium, screenshot
-from worker.frames import sample_video
-from worker.samples import make_video
+from videoscore.core.jobspec import JobRequest
+from videoscore.core.settings import Settings
+from videoscore.core.variants import ASPECTS
+from videoscore.db import jobs as job_queries
+from videoscore.db.migrate import upgrade
+from videoscore.db.records import ScoreResult
+from videoscore.db.session import Database
+from videoscore.producer.client import Client
+from videoscore.report import build_report, find_chromium, screenshot
+from videoscore.worker.testing.media import make_video
+from videoscore.worker.video.frames import sample_video
 
 
 def _scored_batch(db: Database, video: Path, batch: str, bases: list[float], *, stand_in: bool,
@@ -98,10 +98,10 @@ def test_headless_chromium_renders_the_report_as_a_person_would_see_it(client: C
 
 def test_the_report_command_writes_the_page_and_refuses_an_unknown_batch(client: Client, tmp_path: Path) -> None:
     env = {**os.environ, **client.settings.to_env(), "COLUMNS": "200"}
-    ok = subprocess.run([sys.executable, "-m", "producer.cli", "report", "--batch", "run-42", "--compare-batch",
+    ok = subprocess.run([sys.executable, "-m", "videoscore", "report", "--batch", "run-42", "--compare-batch",
                          "run-41", "--out", str(tmp_path / "cli-report"), "--no-thumbnails"],
                         capture_output=True, text=True, env=env, timeout=120)
-    missing = subprocess.run([sys.executable, "-m", "producer.cli", "report", "--batch", "nope", "--out",
+    missing = subprocess.run([sys.executable, "-m", "videoscore", "report", "--batch", "nope", "--out",
                               str(tmp_path / "none")], capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     page = (tmp_path / "cli-report" / "index.html").read_text()
@@ -114,8 +114,8 @@ def test_without_the_worker_extra_the_report_has_no_frame_strips_and_says_why(cl
     code = (
         "import sys; sys.modules['av'] = None\n"
         "from pathlib import Path\n"
-        "from core.settings import Settings\nfrom producer.client import Client\n"
-        "from producer.report import build_report\n"
+        "from videoscore.core.settings import Settings\nfrom videoscore.producer.client import Client\n"
+        "from videoscore.report import build_report\n"
         f"client = Client(Settings(database_url={client.settings.database_url!r}, broker_url='redis://127.0.0.1:1/0'))\n"
         f"print(build_report(client, batch='run-42', out=Path({str(tmp_path / 'light')!r}), worst=2))\n"
     )

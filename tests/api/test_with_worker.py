@@ -20,15 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.settings import Settings
-from db.migrate import upgrade
 from tests import media
 from tests.api.conftest import WEBHOOK_SECRET, api_settings
 from tests.api.servers import ApiProcess, WebhookReceiver
-from tests.servers import PostgresServer
 from tests.workers import WorkerProcess
-from worker.embedded import RedisServer, S3Server
-from worker.storage import make_s3_client
+from videoscore.core.settings import Settings
+from videoscore.db.migrate import upgrade
+from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
+from videoscore.worker.video.storage import make_s3_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 BUCKET = "dedupe-videos"
@@ -137,11 +136,11 @@ def test_a_manifest_submitted_with_the_cli_is_consumed_by_the_worker(stack: Stac
     rows = [stack.job(prompt=f"manifest row {i}", idempotency_key=f"{batch}/{i}") for i in range(3)]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, **stack.settings.to_env(), "COLUMNS": "200"}
-    run = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(manifest), "--batch", batch],
+    run = subprocess.run([sys.executable, "-m", "videoscore", "submit", str(manifest), "--batch", batch],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "submitted 3 jobs" in run.stdout and "3 new" in run.stdout
-    rerun = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(manifest), "--batch", batch],
+    rerun = subprocess.run([sys.executable, "-m", "videoscore", "submit", str(manifest), "--batch", batch],
                            capture_output=True, text=True, env=env, timeout=120)
     assert "0 new, 3 already known" in rerun.stdout
     with stack.http() as http:

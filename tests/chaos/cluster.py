@@ -26,16 +26,16 @@ from typing import Any
 
 from sqlalchemy import text
 
-from core.names import TERMINAL_STATUSES
-from core.settings import Settings
-from db.migrate import upgrade
-from db.session import Database
-from producer.client import Client
 from tests import media
 from tests.workers import WorkerProcess
-from worker.embedded import RedisServer, S3Server, free_port
-from worker.fast_scorer import build_fast_stand_in, prompt_digest
-from worker.storage import make_s3_client
+from videoscore.core.names import TERMINAL_STATUSES
+from videoscore.core.settings import Settings
+from videoscore.db.migrate import upgrade
+from videoscore.db.session import Database
+from videoscore.producer.client import Client
+from videoscore.worker.testing.fast_scorer import build_fast_stand_in, prompt_digest
+from videoscore.worker.testing.servers import RedisServer, S3Server, free_port
+from videoscore.worker.video.storage import make_s3_client
 
 BUCKET = "chaos-videos"
 TINY_VIDEOS = 16
@@ -55,7 +55,7 @@ class FleetWorker(WorkerProcess):
 
     def start(self) -> "FleetWorker":
         env = {**os.environ, **self.settings.to_env()}
-        argv = [sys.executable, "-m", "producer.cli", "worker", "--concurrency", str(self.concurrency),
+        argv = [sys.executable, "-m", "videoscore.worker.testing.fleet_worker", "worker", "--concurrency", str(self.concurrency),
                 "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel, *self.extra_args]
         self.process = subprocess.Popen(argv, env=env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         return self

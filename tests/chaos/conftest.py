@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.cluster import Cluster, Figures, build_cluster
-from tests.servers import PostgresServer
+from videoscore.worker.testing.servers import PostgresServer
 
 FIGURES_LOG = Path(__file__).resolve().parents[2] / "var" / "chaos-figures.log"
 _KEY = pytest.StashKey[list[str]]()

@@ -19,17 +19,17 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from core.errors import InvalidJobError
-from core.jobspec import JobRequest
-from core.names import TASK_SCORE_JOB
-from core.queueing import enqueue_jobs, make_celery_app
-from db import jobs as job_queries
 from tests.catalogue import BAD_INPUTS, MAX_PIXELS, MAX_VIDEO_BYTES, write_bad_media
-from db.migrate import upgrade
-from producer.client import Client
 from tests.chaos.cluster import BUCKET, Cluster, build_cluster
-from tests.servers import PostgresServer
-from worker.storage import make_s3_client
+from videoscore.core.errors import InvalidJobError
+from videoscore.core.jobspec import JobRequest
+from videoscore.core.names import TASK_SCORE_JOB
+from videoscore.core.queueing import enqueue_jobs, make_celery_app
+from videoscore.db import jobs as job_queries
+from videoscore.db.migrate import upgrade
+from videoscore.producer.client import Client
+from videoscore.worker.testing.servers import PostgresServer
+from videoscore.worker.video.storage import make_s3_client
 
 GOOD_AROUND = 3  # good jobs before and after the bad ones
 

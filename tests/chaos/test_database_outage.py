@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.chaos.cluster import build_cluster
-from tests.servers import PostgresServer
+from videoscore.worker.testing.servers import PostgresServer
 
 JOBS = 200
 OUTAGE_S = 30

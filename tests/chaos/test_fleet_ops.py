@@ -23,12 +23,11 @@ from pathlib import Path
 
 from sqlalchemy import bindparam, text
 
-from core.jobspec import JobRequest
-from db import jobs as job_queries
-from producer.fleet import QUEUE_LOAD_METRIC
 from tests.chaos.cluster import Cluster, build_cluster
-from tests.servers import PostgresServer
-from worker.embedded import free_port
+from videoscore.core.fleet import QUEUE_LOAD_METRIC
+from videoscore.core.jobspec import JobRequest
+from videoscore.db import jobs as job_queries
+from videoscore.worker.testing.servers import PostgresServer, free_port
 
 DB_PASSWORD = "PG-pa55word-NEVER-LOGGED"
 S3_SECRET = "S3-secret-NEVER-LOGGED-42"
@@ -89,7 +88,7 @@ def test_a_worker_exposes_metrics_fails_poison_and_overlong_jobs_and_never_logs_
         assert m["videoscore_database_up"] == 1
 
         env = {**os.environ, **cluster.settings.to_env()}
-        fleet = subprocess.run([sys.executable, "-m", "producer.cli", "fleet"], env=env, capture_output=True,
+        fleet = subprocess.run([sys.executable, "-m", "videoscore", "fleet"], env=env, capture_output=True,
                                text=True, timeout=60, check=True).stdout
         assert cluster.settings.queue in fleet and "elsewhere" in fleet
         assert "attempts_exhausted" in fleet and "time_limit" in fleet and "jobs/s" in fleet

@@ -20,7 +20,7 @@ import redis
 from sqlalchemy import text
 
 from tests.chaos.cluster import Cluster, kill
-from worker.reconcile import SNAPSHOT_GAP_S
+from videoscore.worker.service.reconcile import SNAPSHOT_GAP_S
 
 JOBS = 1000
 SCHEDULING_SLACK_S = 10.0  # two loaded cores: threads wake late, but nowhere near a reconcile interval (300 s)
@@ -77,7 +77,7 @@ def test_a_worker_killed_mid_batch_loses_no_job_and_none_is_saved_twice(cluster:
 
 def _take_next_message(cluster: Cluster) -> str:
     """RPOP the message a worker would take next, as a BRPOP would; returns its job id."""
-    from worker.reconcile import job_id_of
+    from videoscore.worker.service.reconcile import job_id_of
 
     client = redis.Redis.from_url(cluster.settings.broker_url)
     try:

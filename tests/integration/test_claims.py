@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from core.jobspec import JobRequest
-from db import fleet, jobs
-from db.models import Job, utcnow
-from db.session import Database
 from tests.integration.test_job_state import _result
+from videoscore.core.jobspec import JobRequest
+from videoscore.db import fleet, jobs
+from videoscore.db.models import Job, utcnow
+from videoscore.db.session import Database
 
 LEASE = timedelta(seconds=60)
 
@@ -68,7 +68,7 @@ def test_orphans_and_unsent_jobs_are_requeued_once_with_the_reason(database_url:
 
 @pytest.mark.postgres
 def test_concurrent_reapers_never_take_the_same_orphan(postgres_server) -> None:  # type: ignore[no-untyped-def]
-    from db.migrate import upgrade
+    from videoscore.db.migrate import upgrade
 
     url = postgres_server.create_database()
     upgrade(url)
@@ -109,8 +109,8 @@ def test_jobs_queued_too_long_can_be_sent_again_after_the_broker_lost_them(datab
 
     import redis
 
-    from core.settings import Settings
-    from producer.fleet import resend_long_queued
+    from videoscore.core.fleet import resend_long_queued
+    from videoscore.core.settings import Settings
 
     db = Database(database_url)
     queue = f"lost-{uuid.uuid4().hex[:8]}"
@@ -132,9 +132,9 @@ def test_reconciliation_resends_exactly_the_queued_jobs_whose_message_redis_lost
 
     import redis
 
-    from core.queueing import enqueue_jobs, make_celery_app
-    from core.settings import Settings
-    from worker.reconcile import BrokerReconciler
+    from videoscore.core.queueing import enqueue_jobs, make_celery_app
+    from videoscore.core.settings import Settings
+    from videoscore.worker.service.reconcile import BrokerReconciler
 
     db = Database(database_url)
     queue = f"rec-{uuid.uuid4().hex[:8]}"
@@ -205,8 +205,8 @@ def _lost_message_fixture(database_url: str, redis_server):  # type: ignore[no-u
 
     import redis
 
-    from core.queueing import enqueue_jobs, make_celery_app
-    from core.settings import Settings
+    from videoscore.core.queueing import enqueue_jobs, make_celery_app
+    from videoscore.core.settings import Settings
 
     db = Database(database_url)
     queue = f"rec-{uuid.uuid4().hex[:8]}"
@@ -225,7 +225,7 @@ def _lost_message_fixture(database_url: str, redis_server):  # type: ignore[no-u
 
 def test_a_worker_leaving_the_fleet_triggers_a_reconciliation_that_resends_its_lost_message(
         database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
-    from worker.reconcile import BrokerReconciler
+    from videoscore.worker.service.reconcile import BrokerReconciler
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     try:
@@ -250,7 +250,7 @@ def test_a_worker_leaving_the_fleet_triggers_a_reconciliation_that_resends_its_l
 
 def test_a_lock_left_by_a_reconciler_that_died_does_not_cancel_the_request(
         database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
-    from worker.reconcile import LOCK_KEY, BrokerReconciler
+    from videoscore.worker.service.reconcile import LOCK_KEY, BrokerReconciler
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     try:
@@ -268,7 +268,7 @@ def test_a_lock_left_by_a_reconciler_that_died_does_not_cancel_the_request(
 
 def test_a_reconciliation_finished_by_another_worker_after_the_request_satisfies_it(
         database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
-    from worker.reconcile import BrokerReconciler
+    from videoscore.worker.service.reconcile import BrokerReconciler
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     try:
@@ -288,7 +288,7 @@ def test_a_requested_run_waits_until_it_covers_the_jobs_sent_just_before_the_eve
     """A run compares only jobs sent a clock margin before it starts: one started at once after Redis came back
     skipped the jobs sent in the seconds before the crash, and then counted as done (a stall until the
     hourly-scale interval, seen in the Redis-restart scenario)."""
-    from worker.reconcile import BrokerReconciler
+    from videoscore.worker.service.reconcile import BrokerReconciler
 
     db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
     with db.transaction() as s:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from core.jobspec import JobRequest
-from core.names import JobStatus
-from db import jobs
-from db.migrate import current_revision
-from db.models import utcnow
-from db.records import ScoreResult
-from db.session import Database
+from videoscore.core.jobspec import JobRequest
+from videoscore.core.names import JobStatus
+from videoscore.db import jobs
+from videoscore.db.migrate import current_revision
+from videoscore.db.models import utcnow
+from videoscore.db.records import ScoreResult
+from videoscore.db.session import Database
 
 LEASE = timedelta(seconds=60)
 
@@ -39,7 +39,7 @@ def _insert_one(db: Database, **fields: object) -> str:
 def test_migrations_bring_an_empty_database_to_head(database_url: str) -> None:
     from alembic.script import ScriptDirectory
 
-    from db.migrate import alembic_config
+    from videoscore.db.migrate import alembic_config
 
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     assert head is not None and current_revision(database_url) == head

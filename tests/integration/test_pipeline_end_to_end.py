@@ -15,17 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
-from core.variants import ASPECTS, resolve_model
-from db.migrate import upgrade
-from producer.client import Client
 from tests import media
-from tests.servers import PostgresServer
 from tests.workers import WorkerProcess
-from worker.embedded import RedisServer, S3Server
-from worker.frames import sample_video
-from worker.scorer import Scorer, ScoreRequest
-from worker.storage import make_s3_client
+from videoscore.core.settings import Settings
+from videoscore.core.variants import ASPECTS, resolve_model
+from videoscore.db.migrate import upgrade
+from videoscore.producer.client import Client
+from videoscore.worker.model.scorer import Scorer, ScoreRequest
+from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
+from videoscore.worker.video.frames import sample_video
+from videoscore.worker.video.storage import make_s3_client
 
 pytestmark = pytest.mark.slow
 BUCKET = "pipeline-videos"

@@ -10,13 +10,13 @@ from datetime import timedelta
 
 import pytest
 
-from core.jobspec import JobRequest
-from core.variants import ASPECTS
-from db import jobs, queries
-from db.models import Job, utcnow
-from db.queries import ContentKey, JobFilter
-from db.records import ScoreResult
-from db.session import Database
+from videoscore.core.jobspec import JobRequest
+from videoscore.core.variants import ASPECTS
+from videoscore.db import jobs, queries
+from videoscore.db.models import Job, utcnow
+from videoscore.db.queries import ContentKey, JobFilter
+from videoscore.db.records import ScoreResult
+from videoscore.db.session import Database
 
 LEASE = timedelta(seconds=60)
 

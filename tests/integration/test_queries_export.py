@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 from click.testing import Result
 from typer.testing import CliRunner
 
-from core.jobspec import JobRequest
-from core.variants import ASPECTS
-from db import jobs
-from db.records import ScoreResult
-from db.session import Database
-from producer import cli
+from videoscore import cli
+from videoscore.core.jobspec import JobRequest
+from videoscore.core.variants import ASPECTS
+from videoscore.db import jobs
+from videoscore.db.records import ScoreResult
+from videoscore.db.session import Database
 
 
 def _fill(database_url: str) -> list[str]:

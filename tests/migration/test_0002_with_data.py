@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from db import jobs as job_queries
-from db import queries
-from db.migrate import current_revision, upgrade
-from db.queries import JobFilter
-from db.session import Database
+from videoscore.db import jobs as job_queries
+from videoscore.db import queries
+from videoscore.db.migrate import current_revision, upgrade
+from videoscore.db.queries import JobFilter
+from videoscore.db.session import Database
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 SCORES = {"visual_quality": 2.75, "temporal_consistency": 2.5, "dynamic_degree": 3.125,
@@ -116,7 +116,7 @@ def test_migrated_rows_work_with_todays_queries(old_database: str) -> None:
 def test_downgrading_to_0001_keeps_the_original_columns(old_database: str) -> None:
     from alembic import command
 
-    from db.migrate import alembic_config
+    from videoscore.db.migrate import alembic_config
 
     before = _read(old_database)
     upgrade(old_database)

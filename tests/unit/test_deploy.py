@@ -19,9 +19,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from core.settings import Settings
-from producer.cli import app
-from producer.fleet import QUEUE_LOAD_METRIC, QueueLoadCollector
+from videoscore.cli import app
+from videoscore.core.fleet import QUEUE_LOAD_METRIC, QueueLoadCollector
+from videoscore.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -108,8 +108,8 @@ def test_keda_scales_the_worker_deployment_from_zero_on_the_metric_the_fleet_exp
     assert trigger["type"] == "prometheus"
     assert re.search(rf"\b{QUEUE_LOAD_METRIC}\{{", trigger["metadata"]["query"])
     # ... and that is the name the collector (served by every worker and by the exporter) really emits
-    from db.migrate import upgrade
-    from db.session import Database
+    from videoscore.db.migrate import upgrade
+    from videoscore.db.session import Database
 
     url = f"sqlite:///{tmp_path / 'v.db'}"
     upgrade(url)

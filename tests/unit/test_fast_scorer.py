@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import PromptTooLongError
-from core.variants import DEFAULT_MODEL, resolve_model
-from worker.fast_scorer import FastScorer, build_fast_stand_in, is_fast_stand_in, prompt_digest
-from worker.scorer import ScoreRequest
+from videoscore.core.errors import PromptTooLongError
+from videoscore.core.variants import DEFAULT_MODEL, resolve_model
+from videoscore.worker.model.scorer import ScoreRequest
+from videoscore.worker.testing.fast_scorer import FastScorer, build_fast_stand_in, is_fast_stand_in, prompt_digest
 
 
 def _frames(value: int) -> list[np.ndarray]:

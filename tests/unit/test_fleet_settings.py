@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.queueing import make_celery_app
-from core.settings import Settings
+from videoscore.core.queueing import make_celery_app
+from videoscore.core.settings import Settings
 
 
 def test_a_lease_shorter_than_two_heartbeats_is_refused() -> None:
@@ -35,8 +35,8 @@ def test_the_redis_transport_gets_the_visibility_timeout_and_an_unthrottled_rest
 
 
 def test_the_task_never_runs_out_of_celery_retries_before_our_attempt_budget_does() -> None:
-    from core.names import TASK_SCORE_JOB
-    from worker.tasks import register_tasks
+    from videoscore.core.names import TASK_SCORE_JOB
+    from videoscore.worker.service.tasks import register_tasks
 
     app = make_celery_app(Settings())
     register_tasks(app)

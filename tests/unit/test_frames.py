@@ -15,8 +15,7 @@ import av
 import numpy as np
 import pytest
 
-import worker.frames as frames_module
-from core.errors import PermanentError, VideoDecodeError, VideoTooLargeError
+import videoscore.worker.video.frames as frames_module
 from tests.media import (
     frame_number_of,
     make_audio_only,
@@ -28,7 +27,15 @@ from tests.media import (
     make_zero_frame_video,
     make_zero_header_count_video,
 )
-from worker.frames import SampledVideo, VideoInfo, probe_video, read_frames, sample_indices, sample_video
+from videoscore.core.errors import PermanentError, VideoDecodeError, VideoTooLargeError
+from videoscore.worker.video.frames import (
+    SampledVideo,
+    VideoInfo,
+    probe_video,
+    read_frames,
+    sample_indices,
+    sample_video,
+)
 
 SMALL = (160, 120)
 FAST = "superfast"  # x264 preset for the longer clips: quick to write, still CABAC and B-frames
@@ -193,7 +200,7 @@ def test_indexed_reader_skips_whole_keyframe_intervals(clips: dict[str, Path]) -
 def test_indexed_reader_seeks_in_containers_that_index_by_decode_time(
     clips: dict[str, Path], clip: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="worker.frames"):
+    with caplog.at_level(logging.WARNING, logger="videoscore.worker.video.frames"):
         fast = sample_video(clips[clip], 16)
     reference = sample_video(clips[clip], 16, method="decode_all")
 
@@ -214,7 +221,7 @@ def test_indexed_reader_falls_back_to_the_reference_loop_when_timestamps_cannot_
     path = clips["B-frames (gop 24)"]
     indices = sample_indices(240, 16)
 
-    with caplog.at_level(logging.WARNING, logger="worker.frames"):
+    with caplog.at_level(logging.WARNING, logger="videoscore.worker.video.frames"):
         fast = sample_video(path, 16)
 
     assert "reading every frame" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.manifest import ManifestError, is_manifest, read_manifest
+from videoscore.producer.manifest import ManifestError, is_manifest, read_manifest
 
 
 def _jsonl(path: Path, rows: list[object]) -> Path:
@@ -91,7 +91,7 @@ def test_the_cli_submits_nothing_when_any_row_is_bad_and_lists_each_one(tmp_path
     database = tmp_path / "never-created.db"
     env = {"PATH": "", "COLUMNS": "200", "VIDEOSCORE_DATABASE_URL": f"sqlite:///{database}",
            "VIDEOSCORE_BROKER_URL": "redis://127.0.0.1:1/0"}
-    run = subprocess.run([sys.executable, "-m", "producer.cli", "submit", str(path)], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "videoscore", "submit", str(path)], capture_output=True,
                          text=True, env=env)
     assert run.returncode == 2
     assert f"{path}:2:" in run.stdout and f"{path}:3:" in run.stdout and f"{path}:1:" not in run.stdout

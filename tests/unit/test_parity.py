@@ -31,7 +31,6 @@ import pytest
 import torch
 from PIL import Image
 
-from core.variants import resolve_model
 from reference.generate import (
     CASES,
     GOLDEN_DIR,
@@ -43,9 +42,10 @@ from reference.generate import (
     sha256_file,
 )
 from tests.media import frame_number_of, layout_of
-from worker.frames import sample_video
-from worker.prompt import REGRESSION_QUERY_PROMPT, build_eval_prompt
-from worker.scorer import Scorer, ScoreRequest
+from videoscore.core.variants import resolve_model
+from videoscore.worker.model.prompt import REGRESSION_QUERY_PROMPT, build_eval_prompt
+from videoscore.worker.model.scorer import Scorer, ScoreRequest
+from videoscore.worker.video.frames import sample_video
 
 GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILES["float32"]).read_text())
 GOLDEN_BF16 = json.loads((GOLDEN_DIR / GOLDEN_FILES["bfloat16"]).read_text())

@@ -8,20 +8,20 @@ import sys
 
 import pytest
 
-from core.errors import InvalidJobError, PromptTooLongError, UnknownModelError
-from core.jobspec import validate_job
+from videoscore.core.errors import InvalidJobError, PromptTooLongError, UnknownModelError
+from videoscore.core.jobspec import validate_job
 
 HEAVY = {"torch", "transformers", "av", "numpy", "PIL", "cv2"}
 
 
 def test_importing_the_producer_pulls_in_no_model_stack() -> None:
     code = (
-        "import sys, json, producer, producer.cli, producer.client;"
+        "import sys, json, videoscore.producer, videoscore.cli, videoscore.producer.client;"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(json.loads(out))
-    assert "producer" in loaded and "celery" in loaded  # the check would see a heavy import if there were one
+    assert "videoscore" in loaded and "celery" in loaded  # the check would see a heavy import if there were one
     assert loaded & HEAVY == set()
 
 
@@ -61,7 +61,7 @@ def test_an_unknown_model_is_rejected_listing_the_known_ones() -> None:
 
 
 def test_the_cli_lists_every_documented_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "producer.cli", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "videoscore", "--help"], capture_output=True, text=True,
                          check=True, env={"COLUMNS": "200", "PATH": ""}).stdout
     for command in ("submit", "status", "wait", "results", "worker", "demo", "db"):
         assert command in out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.prompt import REGRESSION_QUERY_PROMPT, build_eval_prompt
+from videoscore.worker.model.prompt import REGRESSION_QUERY_PROMPT, build_eval_prompt
 
 CARD_VIDEO_PROMPT = (
     "Near the Elephant Gate village, they approach the haunted house at night. Rajiv feels anxious, but "

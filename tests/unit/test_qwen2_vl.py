@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 import torch
 
-from core.variants import resolve_model
 from reference import generate as idefics2_generate
 from reference.qwen2_vl.generate import (
     CASES,
@@ -48,9 +47,10 @@ from reference.qwen2_vl.generate import (
     sha256_file,
 )
 from tests.media import layout_of
-from worker import qwen2_vl_recipe
-from worker.prompt import REGRESSION_QUERY_PROMPT
-from worker.scorer import Scorer, ScoreRequest
+from videoscore.core.variants import resolve_model
+from videoscore.worker.model.prompt import REGRESSION_QUERY_PROMPT
+from videoscore.worker.model.qwen2_vl import recipe as qwen2_vl_recipe
+from videoscore.worker.model.scorer import Scorer, ScoreRequest
 
 GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text())
 CASE_IDS = [case["id"] for case in GOLDEN["cases"]]

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import InvalidJobError, PromptTooLongError, VideoDecodeError
-from core.variants import STAND_IN_MARKER, resolve_model
-from worker import qwen2_vl_recipe as recipe
-from worker.modeling_qwen2_vl import VideoScoreQwen2VLForSequenceClassification
-from worker.recipes import Qwen2VLRecipe, recipe_for
-from worker.scorer import Scorer, ScoreRequest
-from worker.stand_in import build_stand_in_checkpoint
-from worker.stand_in_qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, SPECIAL_TOKENS
+from videoscore.core.errors import InvalidJobError, PromptTooLongError, VideoDecodeError
+from videoscore.core.variants import STAND_IN_MARKER, resolve_model
+from videoscore.worker.model.qwen2_vl import recipe as recipe
+from videoscore.worker.model.qwen2_vl.modeling import VideoScoreQwen2VLForSequenceClassification
+from videoscore.worker.model.recipes import Qwen2VLRecipe, recipe_for
+from videoscore.worker.model.scorer import Scorer, ScoreRequest
+from videoscore.worker.testing.stand_in import build_stand_in_checkpoint
+from videoscore.worker.testing.stand_in_qwen2_vl import QWEN2_VL_CHAT_TEMPLATE, SPECIAL_TOKENS
 
 QWEN = "TIGER-Lab/VideoScore-Qwen2-VL"
 FP32_TOLERANCE = 1e-5

@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import logging
 
-from core.settings import Settings
-from worker.redact import MASK, RedactSecrets, secrets_of
+from videoscore.core.settings import Settings
+from videoscore.worker.service.redact import MASK, RedactSecrets, secrets_of
 
 SETTINGS = Settings(
     database_url="postgresql+psycopg://videoscore:db-pa%24%24word@db.internal:5432/videoscore",

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.retry import RetryPolicy
+from videoscore.worker.service.retry import RetryPolicy
 
 
 def test_attempts_are_allowed_until_the_budget_is_spent() -> None:

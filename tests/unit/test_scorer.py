@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import DeviceError, InvalidJobError, ModelLoadError, PromptTooLongError
-from core.variants import ASPECTS, resolve_model
 from tests.model_fixtures import stand_in_checkpoint  # noqa: F401
-from worker.modeling import pooling_index
-from worker.scorer import AspectScores, BatchResult, Scorer, ScoreRequest, _device_errors, resolve_device
+from videoscore.core.errors import DeviceError, InvalidJobError, ModelLoadError, PromptTooLongError
+from videoscore.core.variants import ASPECTS, resolve_model
+from videoscore.worker.model.idefics2.modeling import pooling_index
+from videoscore.worker.model.scorer import (
+    AspectScores,
+    BatchResult,
+    Scorer,
+    ScoreRequest,
+    _device_errors,
+    resolve_device,
+)
 
 FP32_TOLERANCE = 1e-5
 
@@ -54,8 +61,8 @@ def test_load_picks_the_cpu_in_fp32_with_sdpa_and_knows_the_checkpoints_revision
 
 
 def test_the_revision_is_stable_and_tells_checkpoints_apart(scorer, stand_in_checkpoint, tmp_path):
-    from worker.scorer import checkpoint_revision
-    from worker.stand_in import build_stand_in_checkpoint
+    from videoscore.worker.model.scorer import checkpoint_revision
+    from videoscore.worker.testing.stand_in import build_stand_in_checkpoint
 
     assert checkpoint_revision(str(stand_in_checkpoint)) == scorer.revision
     other = build_stand_in_checkpoint(tmp_path / "seed-1", seed=1)

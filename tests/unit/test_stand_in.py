@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from core.variants import STAND_IN_MARKER, resolve_model
 from tests.model_fixtures import stand_in_checkpoint  # noqa: F401
-from worker.modeling import VideoScoreForSequenceClassification
-from worker.scorer import Scorer, ScoreRequest
-from worker.stand_in import build_stand_in_checkpoint, main
+from videoscore.core.variants import STAND_IN_MARKER, resolve_model
+from videoscore.worker.model.idefics2.modeling import VideoScoreForSequenceClassification
+from videoscore.worker.model.scorer import Scorer, ScoreRequest
+from videoscore.worker.testing.stand_in import build_stand_in_checkpoint, main
 
 V1_1 = "TIGER-Lab/VideoScore-v1.1"
 

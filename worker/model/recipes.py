@@ -1,0 +1,118 @@
+"""Per-family scoring recipes: the one place that knows how each VideoScore family is loaded and fed.
+
+A recipe says which model class a checkpoint loads into, which processor goes with it, how a batch of
+``ScoreRequest``s becomes model inputs, and how a video's frames are sampled. ``worker.scorer`` and
+``worker.pipeline`` ask ``recipe_for(family)`` and otherwise do not branch on the family.
+
+* ``idefics2`` (VideoScore, -anno-only, -v1.1): the model card's recipe -- N frames by the card's
+  ``np.arange`` rule, one ``<image>`` per frame in the regression prompt, the checkpoint's Idefics2 processor.
+* ``qwen2_vl`` (VideoScore-Qwen2-VL): ``examples/run_videoscore_qwen2_vl.py`` -- frames at 8 fps through
+  qwen-vl-utils' sampling and resizing, the chat template, the Qwen2-VL image processor's video path
+  (``worker.qwen2_vl_recipe``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from PIL import Image
+from transformers import AutoProcessor, BatchFeature, PreTrainedModel
+
+from videoscore.core.variants import Family
+from videoscore.worker.model.idefics2.modeling import VideoScoreForSequenceClassification
+from videoscore.worker.model.idefics2.modeling import default_attn_implementation as idefics2_default_attn
+from videoscore.worker.model.prompt import build_eval_prompt
+from videoscore.worker.model.qwen2_vl import recipe as qwen2_vl_recipe
+from videoscore.worker.model.qwen2_vl.modeling import VideoScoreQwen2VLForSequenceClassification
+from videoscore.worker.video.frames import SampledVideo, sample_video
+
+if TYPE_CHECKING:
+    from videoscore.worker.model.scorer import ScoreRequest
+
+
+class ScoringRecipe:
+    """What differs between VideoScore families. Subclasses set the class attributes and the four methods."""
+
+    family: ClassVar[Family]
+    model_class: ClassVar[type[PreTrainedModel]]
+    # Inputs holding pixels: moved to the device in the model's dtype.
+    pixel_keys: ClassVar[tuple[str, ...]]
+
+    def load_processor(self, source: str) -> Any:
+        raise NotImplementedError
+
+    def tokenizer(self, processor: Any) -> Any:
+        return processor.tokenizer
+
+    def default_attn_implementation(self) -> str:
+        return "sdpa" if getattr(self.model_class, "_supports_sdpa", False) else "eager"
+
+    def prompt_ids(self, processor: Any, prompt: str, num_frames: int) -> list[int]:
+        """The tokens ``prompt`` takes with ``num_frames`` frames, or a lower bound where that needs the frames."""
+        raise NotImplementedError
+
+    def encode(self, processor: Any, requests: Sequence[ScoreRequest]) -> BatchFeature:
+        """One batch of requests as model inputs, right-padded, with ``input_ids`` and ``attention_mask``."""
+        raise NotImplementedError
+
+    def sample(self, path: Path, *, num_frames: int | None, max_pixels: int | None) -> SampledVideo:
+        """Read the frames this family scores; ``num_frames`` overrides the recipe's count when given."""
+        raise NotImplementedError
+
+
+class Idefics2Recipe(ScoringRecipe):
+    family = "idefics2"
+    model_class = VideoScoreForSequenceClassification
+    pixel_keys = ("pixel_values",)
+
+    def __init__(self, num_frames: int = 48) -> None:
+        self.num_frames = num_frames
+
+    def load_processor(self, source: str) -> Any:
+        # The PIL backend is what mantis' transformers used; the torchvision one resizes differently.
+        return AutoProcessor.from_pretrained(source, backend="pil")
+
+    def default_attn_implementation(self) -> str:
+        return idefics2_default_attn()
+
+    def prompt_ids(self, processor: Any, prompt: str, num_frames: int) -> list[int]:
+        return list(processor(text=build_eval_prompt(prompt, num_frames))["input_ids"][0])
+
+    def encode(self, processor: Any, requests: Sequence[ScoreRequest]) -> BatchFeature:
+        texts = [build_eval_prompt(r.prompt, len(r.frames)) for r in requests]
+        images = [[Image.fromarray(frame) for frame in r.frames] for r in requests]
+        return processor(text=texts, images=images, padding="longest", return_tensors="pt")
+
+    def sample(self, path: Path, *, num_frames: int | None, max_pixels: int | None) -> SampledVideo:
+        return sample_video(path, num_frames or self.num_frames, max_pixels=max_pixels)
+
+
+class Qwen2VLRecipe(ScoringRecipe):
+    family = "qwen2_vl"
+    model_class = VideoScoreQwen2VLForSequenceClassification
+    pixel_keys = ("pixel_values_videos",)
+
+    def load_processor(self, source: str) -> qwen2_vl_recipe.Qwen2VLInputs:
+        return qwen2_vl_recipe.Qwen2VLInputs.from_pretrained(source)
+
+    def prompt_ids(self, processor: qwen2_vl_recipe.Qwen2VLInputs, prompt: str, num_frames: int) -> list[int]:
+        # The video's token count depends on its size, known only after decoding: count the text alone here;
+        # Scorer.score checks the real length.
+        return processor.text_ids(prompt)
+
+    def encode(self, processor: qwen2_vl_recipe.Qwen2VLInputs, requests: Sequence[ScoreRequest]) -> BatchFeature:
+        return processor.encode([r.prompt for r in requests], [r.frames for r in requests])
+
+    def sample(self, path: Path, *, num_frames: int | None, max_pixels: int | None) -> SampledVideo:
+        return qwen2_vl_recipe.sample_video(path, nframes=num_frames, max_pixels=max_pixels)
+
+
+def recipe_for(family: Family, *, num_frames: int = 48) -> ScoringRecipe:
+    """The recipe of a variant family (``Variant.family``); ``num_frames`` is the variant's count (Idefics2)."""
+    if family == "idefics2":
+        return Idefics2Recipe(num_frames)
+    if family == "qwen2_vl":
+        return Qwen2VLRecipe()
+    raise ValueError(f"no scoring recipe for model family {family!r}")

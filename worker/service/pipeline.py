@@ -1,0 +1,74 @@
+"""One job's path through the stages: fetch → sample frames → score (batched on the engine) → result.
+
+Each stage raises its own error kinds (core.errors); this module only strings them together and times them.
+Persisting the result is the task's business (worker.tasks), so this code never touches the database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from videoscore.core.variants import ASPECTS, ModelSpec, resolve_model
+from videoscore.db.queries import ContentKey
+from videoscore.db.records import JobRecord, ScoreResult
+from videoscore.worker.model.engine import Engine
+from videoscore.worker.model.recipes import recipe_for
+from videoscore.worker.model.scorer import ScoreRequest
+from videoscore.worker.service.dedupe import FindScored, checkpoint_revision_of
+from videoscore.worker.video.storage import VideoStore
+
+
+@dataclass(frozen=True)
+class StageLimits:
+    max_pixels: int
+    num_frames_override: int | None
+    result_timeout_s: float
+
+
+def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: StageLimits,
+                  find_scored: FindScored | None = None) -> ScoreResult:
+    spec = resolve_model(job.model)
+    if find_scored is not None and not job.force:
+        earlier = _scored_before(job, spec, store, find_scored, limits)
+        if earlier is not None:
+            return earlier
+    # Each model family samples its own way (Idefics2: N frames by the card's rule; Qwen2-VL: 8 fps).
+    recipe = recipe_for(spec.variant.family, num_frames=spec.num_frames)
+    with store.fetch(job.video_uri) as fetched:
+        sampled = recipe.sample(fetched.path, num_frames=limits.num_frames_override, max_pixels=limits.max_pixels)
+    future = engine.submit(spec, ScoreRequest(frames=sampled.frames, prompt=job.prompt))
+    outcome = future.result(timeout=limits.result_timeout_s)
+    info = sampled.info
+    return ScoreResult(
+        scores=dict(zip(ASPECTS, outcome.scores.as_list(), strict=True)),
+        model_revision=outcome.model_revision,
+        stand_in_model=outcome.stand_in,
+        num_frames=len(sampled.indices),
+        frame_indices=list(sampled.indices),
+        video_etag=fetched.etag,
+        video_bytes=fetched.size_bytes,
+        video_total_frames=info.total_frames,
+        video_fps=info.fps,
+        video_duration_s=info.duration_s,
+        video_width=info.width,
+        video_height=info.height,
+        download_s=fetched.download_s,
+        decode_s=sampled.decode_s,
+        preprocess_s=outcome.preprocess_s,
+        forward_s=outcome.forward_s,
+    )
+
+
+def _scored_before(job: JobRecord, spec: ModelSpec, store: VideoStore, find_scored: FindScored,
+                   limits: StageLimits) -> ScoreResult | None:
+    """Content dedupe (worker.dedupe): the scores of an earlier job on the same ETag, prompt, model, revision
+    and frame count, found with one HEAD and one query instead of a download, a decode and a forward pass."""
+    started = time.perf_counter()
+    etag = store.etag(job.video_uri)
+    revision = checkpoint_revision_of(spec.source)
+    if etag is None or revision == "unknown":
+        return None
+    num_frames = limits.num_frames_override or spec.num_frames
+    earlier = find_scored(ContentKey(etag, job.prompt, job.model, revision, num_frames))
+    return None if earlier is None else replace(earlier, download_s=time.perf_counter() - started)

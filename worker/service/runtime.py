@@ -1,0 +1,161 @@
+"""What one worker process holds for its whole life: settings, database, video store and scoring engine.
+
+Built once in `worker.main` before Celery starts consuming; tasks reach it through `current_runtime()`.
+It also keeps the set of jobs the process is working on right now ("holds"): the maintenance thread
+heartbeats exactly these, and a task takes a hold before claiming, so two deliveries of one job never run
+side by side in one process (which is what makes re-claiming our own abandoned job safe; see db.jobs).
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from videoscore.core.errors import ModelLoadError
+from videoscore.core.settings import Settings
+from videoscore.core.variants import STAND_IN_MARKER, ModelSpec
+from videoscore.db.session import Database
+from videoscore.worker.model.engine import Engine
+from videoscore.worker.model.scorer import BatchResult, Scorer, ScoreRequest
+from videoscore.worker.service import metrics
+from videoscore.worker.service.pipeline import StageLimits
+from videoscore.worker.service.retry import RetryPolicy
+from videoscore.worker.video.storage import VideoStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    store: VideoStore
+    engine: Engine
+    worker_id: str
+    _held: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- the jobs this process is working on ---
+
+    def try_hold(self, job_id: str) -> bool:
+        """Mark a job as worked on by this process; False if another thread of ours already is."""
+        with self._lock:
+            if job_id in self._held:
+                return False
+            self._held.add(job_id)
+            return True
+
+    def release(self, job_id: str) -> None:
+        with self._lock:
+            self._held.discard(job_id)
+
+    def held(self) -> list[str]:
+        with self._lock:
+            return list(self._held)
+
+    # --- policy, from settings ---
+
+    @property
+    def lease(self) -> timedelta:
+        # A running job whose worker has not heartbeated for this long is presumed orphaned.
+        return timedelta(seconds=self.settings.lease_s)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.settings.max_attempts,
+            base_delay_s=self.settings.retry_base_delay_s,
+            max_delay_s=self.settings.retry_max_delay_s,
+        )
+
+    @property
+    def limits(self) -> StageLimits:
+        return StageLimits(
+            max_pixels=self.settings.max_video_pixels,
+            num_frames_override=self.settings.num_frames,
+            result_timeout_s=float(self.settings.score_timeout_s),
+        )
+
+
+class _MeteredScorer:
+    """A scorer that reports each batch's size and timings to the metrics; everything else passes through."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def score(self, requests: list[ScoreRequest]) -> BatchResult:
+        result: BatchResult = self._inner.score(requests)
+        metrics.BATCH_SIZE.observe(len(requests))
+        metrics.STAGE_SECONDS.labels("preprocess").observe(result.preprocess_s)
+        metrics.STAGE_SECONDS.labels("forward").observe(result.forward_s)
+        return result
+
+
+# Scorers other than the model's own, by the "scorer" a checkpoint folder's videoscore.json names. Empty in a
+# production worker: the fast stand-in (and its fault injection) registers itself only in the test fleet's
+# entry point, videoscore.worker.testing.fleet_worker. A job naming such a folder elsewhere fails to load.
+ALTERNATIVE_SCORERS: dict[str, Callable[[ModelSpec], Any]] = {}
+
+
+def register_scorer(name: str, load: Callable[[ModelSpec], Any]) -> None:
+    ALTERNATIVE_SCORERS[name] = load
+
+
+def scorer_named_by(spec: ModelSpec) -> str | None:
+    """The alternative scorer a stand-in folder asks for, or None for the model's own."""
+    if not spec.stand_in:
+        return None
+    try:
+        name = json.loads((Path(spec.source) / STAND_IN_MARKER).read_text()).get("scorer")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(name) if name else None
+
+
+def load_scorer(spec: ModelSpec, settings: Settings) -> Any:
+    """The model's scorer (or a registered alternative that a stand-in folder names), metered."""
+    name = scorer_named_by(spec)
+    if name is None:
+        return _MeteredScorer(Scorer.load(spec, device=settings.device, dtype=settings.dtype))
+    if name not in ALTERNATIVE_SCORERS:
+        raise ModelLoadError(f"{spec.name} asks for the {name!r} scorer, which this worker does not provide "
+                             "(it is test scaffolding, served only by the test fleet's workers)")
+    return _MeteredScorer(ALTERNATIVE_SCORERS[name](spec))
+
+
+_runtime: Runtime | None = None
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    engine = Engine(lambda spec: load_scorer(spec, settings), batch_size=settings.batch_size,
+                    batch_wait_ms=settings.batch_wait_ms)
+    runtime = Runtime(
+        settings=settings,
+        db=Database(settings.database_url),
+        store=VideoStore(settings),
+        engine=engine,
+        worker_id=f"{socket.gethostname()}/{os.getpid()}",
+    )
+    metrics.track_model_load(lambda: engine.model_load_s)
+    metrics.track_in_flight(lambda: len(runtime.held()))
+    return runtime
+
+
+def install_runtime(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def current_runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("the worker runtime is not installed; start workers with `videoscore worker`")
+    return _runtime

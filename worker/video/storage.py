@@ -1,0 +1,169 @@
+"""Fetch stage: bring a job's video from S3 (or a local file) to a scratch file, with clear error kinds.
+
+Only `s3://` and `file://` are ever fetched (no SSRF through arbitrary URLs), S3 buckets can be limited to an
+allowlist, and an object larger than the configured limit is refused before its body is read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from videoscore.core.errors import (
+    StorageUnavailableError,
+    VideoAccessDeniedError,
+    VideoNotFoundError,
+    VideoTooLargeError,
+)
+from videoscore.core.settings import Settings
+
+CHUNK_BYTES = 1024 * 1024
+NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+@dataclass(frozen=True)
+class FetchedVideo:
+    path: Path
+    size_bytes: int
+    etag: str | None
+    download_s: float
+
+
+def make_s3_client(settings: Settings) -> Any:
+    secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret,
+        config=BotoConfig(
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            read_timeout=60,
+            signature_version="s3v4",
+        ),
+    )
+
+
+class VideoStore:
+    """Downloads videos into a scratch folder; one instance per worker process, shared by its threads."""
+
+    def __init__(self, settings: Settings, s3_client: Any | None = None) -> None:
+        self.settings = settings
+        self._s3 = s3_client or make_s3_client(settings)
+
+    @contextmanager
+    def fetch(self, uri: str) -> Iterator[FetchedVideo]:
+        """Yield the video as a local file; the scratch copy is deleted afterwards."""
+        parsed = urlparse(uri)
+        scratch = Path(tempfile.mkdtemp(prefix="videoscore-", dir=self.settings.work_dir))
+        try:
+            if parsed.scheme == "s3":
+                yield self._fetch_s3(parsed.netloc, parsed.path.lstrip("/"), scratch)
+            elif parsed.scheme == "file":
+                yield self._fetch_file(Path(unquote(parsed.path)))
+            else:
+                raise VideoAccessDeniedError(f"scheme {parsed.scheme!r} is not fetched by workers (s3:// or file:// only)")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def etag(self, uri: str) -> str | None:
+        """The S3 object's ETag from a HEAD (no body read), for content dedupe; None for file:// videos.
+
+        Checks the allowlist and classifies errors like `fetch`, so a missing object fails here already.
+        """
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            return None
+        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        allowed = self.settings.allowed_buckets
+        if allowed and bucket not in allowed:
+            raise VideoAccessDeniedError(f"bucket {bucket!r} is not in this worker's allowlist")
+        try:
+            response = self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            error = _classify_client_error(exc, bucket, key)
+            if isinstance(error, VideoNotFoundError) and not self._bucket_exists(bucket):
+                # A HEAD answers a bare 404 for both; say which one is missing, as a GET would.
+                error = VideoNotFoundError(f"bucket {bucket!r} does not exist")
+            raise error from None
+        except BotoCoreError as exc:
+            raise StorageUnavailableError(f"S3 unreachable while reading s3://{bucket}/{key}: {exc}") from None
+        return str(response.get("ETag", "")).strip('"') or None
+
+    def _fetch_file(self, path: Path) -> FetchedVideo:
+        if not self.settings.allow_file_uris:
+            raise VideoAccessDeniedError("file:// videos are disabled on this worker (VIDEOSCORE_ALLOW_FILE_URIS)")
+        started = time.perf_counter()
+        if not path.is_file():
+            raise VideoNotFoundError(f"no such file: {path}")
+        size = path.stat().st_size
+        self._check_size(size, str(path))
+        return FetchedVideo(path=path, size_bytes=size, etag=None, download_s=time.perf_counter() - started)
+
+    def _fetch_s3(self, bucket: str, key: str, scratch: Path) -> FetchedVideo:
+        allowed = self.settings.allowed_buckets
+        if allowed and bucket not in allowed:
+            raise VideoAccessDeniedError(f"bucket {bucket!r} is not in this worker's allowlist")
+        uri = f"s3://{bucket}/{key}"
+        started = time.perf_counter()
+        target = scratch / (Path(key).name or "video")
+        try:
+            response = self._s3.get_object(Bucket=bucket, Key=key)
+            size = int(response["ContentLength"])
+            self._check_size(size, uri)
+            with target.open("wb") as out:
+                for chunk in response["Body"].iter_chunks(CHUNK_BYTES):
+                    out.write(chunk)
+        except ClientError as exc:
+            raise _classify_client_error(exc, bucket, key) from None
+        except BotoCoreError as exc:  # connection refused, timeouts, a body cut off mid-stream
+            raise StorageUnavailableError(f"S3 unreachable while fetching {uri}: {type(exc).__name__}: {exc}") from None
+        etag = str(response.get("ETag", "")).strip('"') or None
+        return FetchedVideo(path=target, size_bytes=size, etag=etag, download_s=time.perf_counter() - started)
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        return _bucket_exists_or_unknown(self._s3, bucket)
+
+    def _check_size(self, size: int, where: str) -> None:
+        limit = self.settings.max_video_bytes
+        if size > limit:
+            raise VideoTooLargeError(f"{where} is {size:,} bytes; the limit is {limit:,} (VIDEOSCORE_MAX_VIDEO_BYTES)")
+
+
+def _bucket_exists_or_unknown(s3: Any, bucket: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) != 404
+    except BotoCoreError:
+        return True  # cannot tell; keep the object-level message
+    return True
+
+
+def _classify_client_error(exc: ClientError, bucket: str, key: str) -> Exception:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code == "NoSuchBucket":
+        return VideoNotFoundError(f"bucket {bucket!r} does not exist")
+    if code in NOT_FOUND_CODES or status == 404:
+        return VideoNotFoundError(f"s3://{bucket}/{key} does not exist")
+    if code in DENIED_CODES or status == 403:
+        return VideoAccessDeniedError(f"access denied to s3://{bucket}/{key} ({code})")
+    if status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"}:
+        return StorageUnavailableError(f"S3 answered {status} {code} for s3://{bucket}/{key}")
+    return VideoAccessDeniedError(f"S3 refused s3://{bucket}/{key}: {status} {code}")
