@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -39,7 +38,7 @@ from videoscore.api.schemas import (
 )
 from videoscore.core.errors import InvalidJobError, PromptTooLongError, UnknownModelError
 from videoscore.core.jobspec import JobRequest, validate_job
-from videoscore.core.names import JobStatus
+from videoscore.core.names import JobStatus, is_job_id
 from videoscore.core.settings import Settings
 from videoscore.core.variants import ASPECTS
 from videoscore.core.webhooks import check_webhook_url
@@ -48,7 +47,6 @@ from videoscore.producer.client import Client
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 Text200 = Annotated[str | None, Query(max_length=200)]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "Missing or wrong bearer token"},
@@ -128,7 +126,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
     @protected.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses={404: {"model": ErrorOut}})
     def get_job(job_id: str) -> JobOut:
         """One job: state, scores and provenance."""
-        record = client.get(job_id) if JOB_ID.match(job_id) else None
+        record = client.get(job_id) if is_job_id(job_id) else None
         if record is None:
             raise ApiError(404, "not_found", f"no job {job_id[:64]!r}")
         return JobOut.of(record)
@@ -137,7 +135,7 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
                 responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}})
     def cancel_job(job_id: str) -> CancelOut:
         """Cancel a job no worker has started yet."""
-        record = client.get(job_id) if JOB_ID.match(job_id) else None
+        record = client.get(job_id) if is_job_id(job_id) else None
         if record is None:
             raise ApiError(404, "not_found", f"no job {job_id[:64]!r}")
         if not client.cancel(job_id):

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 TASK_SCORE_JOB = "videoscore.score_job"
+
+# A job id: 32 lowercase hex digits (a uuid4's hex). Messages carry nothing else; anything else is malformed.
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and JOB_ID.match(value) is not None
 
 
 class JobStatus(StrEnum):

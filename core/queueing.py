@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from videoscore.core.names import TASK_SCORE_JOB
+from videoscore.core.names import TASK_SCORE_JOB, is_job_id
 from videoscore.core.settings import Settings
 from videoscore.core.variants import VARIANTS
 
@@ -117,7 +117,6 @@ def enqueue_pipelined(app: Celery, job_ids: Sequence[str], *, queue: str, chunk:
             client.lpush(queue, *[template.wire(job_id) for job_id in job_ids[start:start + chunk]])
 
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class CeleryMessageTemplate:
@@ -147,7 +146,7 @@ class CeleryMessageTemplate:
         self._body_head, self._body_tail = body.split("@JOB@")
 
     def wire(self, job_id: str) -> str:
-        if not _JOB_ID.match(job_id):
+        if not is_job_id(job_id):
             raise ValueError(f"not a job id: {job_id!r}")
         raw = uuid.UUID(bytes=os.urandom(16), version=4)
         task_id = str(raw)

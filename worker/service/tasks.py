@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -44,7 +43,7 @@ from videoscore.core.errors import (
     RetryableError,
     VideoScoreError,
 )
-from videoscore.core.names import TASK_SCORE_JOB
+from videoscore.core.names import TASK_SCORE_JOB, is_job_id
 from videoscore.core.webhooks import fire_if_batch_complete
 from videoscore.db import jobs as job_queries
 from videoscore.db.records import JobRecord, ScoreResult
@@ -56,7 +55,6 @@ from videoscore.worker.service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 DB_DOWN = (OperationalError, InterfaceError)
 T = TypeVar("T")
 
@@ -79,7 +77,7 @@ def register_tasks(app: Celery) -> None:
 
 
 def run_score_job(runtime: Runtime, job_id: Any, *, requeue: Requeue, redeliveries: int = 0) -> None:
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+    if not is_job_id(job_id):
         log.error("dropping malformed message: job id %r is not a job id", job_id)
         metrics.JOBS.labels("dropped").inc()
         return
