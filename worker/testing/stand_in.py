@@ -1,10 +1,11 @@
 """Untrained stand-in checkpoints: the VideoScore architecture at toy size, built offline in seconds.
 
-This module owns ``build_stand_in_checkpoint`` and its CLI (``python -m videoscore.worker.testing.stand_in --out DIR``). A
-stand-in is a folder that loads through exactly the same ``from_pretrained`` path as the real weights: an
-Idefics2 config with the real processor settings (no image splitting, 980/378 edges, 64 image tokens per
-frame), a byte-level BPE tokenizer trained here on the scoring prompt plus generated English, and random
-weights drawn from a seed. Its scores are meaningless; ``videoscore.json`` marks it so everywhere.
+This module owns ``build_stand_in_checkpoint`` and its CLI
+(``python -m videoscore.worker.testing.stand_in --out DIR``). A stand-in is a folder that loads through
+exactly the same ``from_pretrained`` path as the real weights: an Idefics2 config with the real processor
+settings (no image splitting, 980/378 edges, 64 image tokens per frame), a byte-level BPE tokenizer
+trained here on the scoring prompt plus generated English, and random weights drawn from a seed. Its scores
+are meaningless; ``videoscore.json`` marks it so everywhere.
 ``--variant TIGER-Lab/VideoScore-Qwen2-VL`` builds the Qwen2-VL family's stand-in (``worker.stand_in_qwen2_vl``).
 
 Two details keep it useful for parity tests (see the field notes): the perceiver keeps its own RMSNorm eps
@@ -19,10 +20,12 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import Idefics2Config, Idefics2ImageProcessorPil, Idefics2Processor, PreTrainedTokenizerFast
+from transformers.models.idefics2.configuration_idefics2 import Idefics2PerceiverConfig
 
 from videoscore.core.variants import DEFAULT_MODEL, STAND_IN_MARKER, VARIANTS
 from videoscore.worker.model.idefics2.modeling import VideoScoreForSequenceClassification
@@ -225,11 +228,14 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Idefics2Config:
         "resampler_head_dim": 16,
         "num_key_value_heads": 2,
     }
-    return Idefics2Config(
+    # pad_token_id and num_labels reach PreTrainedConfig.__post_init__ as **kwargs at run time; transformers'
+    # dataclass_transform signature lists only the declared fields.
+    return Idefics2Config(  # type: ignore[call-arg]
         text_config=text_config,
         vision_config=vision_config,
         perceiver_config=perceiver_config,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        # One token in, one id out (transformers types convert_tokens_to_ids as int | list[int] for both forms).
+        image_token_id=cast(int, tokenizer.convert_tokens_to_ids("<image>")),
         pad_token_id=pad_id,
         num_labels=5,
         problem_type="regression",
@@ -240,7 +246,8 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Idefics2Config:
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> VideoScoreForSequenceClassification:
     """Random weights from ``seed``, with the connector shrunk and the head biased toward 1–4."""
     config = build_config(tokenizer)
-    assert config.perceiver_config.rms_norm_eps == PERCEIVER_RMS_EPS, "Idefics2Config overwrote the perceiver eps"
+    perceiver = cast(Idefics2PerceiverConfig, config.perceiver_config)  # built by Idefics2Config.__post_init__
+    assert perceiver.rms_norm_eps == PERCEIVER_RMS_EPS, "Idefics2Config overwrote the perceiver eps"
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = VideoScoreForSequenceClassification(config).eval()
@@ -259,7 +266,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> VideoScoreForS
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m videoscore.worker.testing.stand_in", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m videoscore.worker.testing.stand_in", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint into")
     parser.add_argument("--variant", default=DEFAULT_MODEL, help=f"variant to imitate (default {DEFAULT_MODEL})")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -77,7 +78,8 @@ SPECIAL_TOKENS = (
 )
 # Qwen2's pre-tokenizer split pattern (the published tokenizer.json's).
 QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 # Qwen2-VL-7B-Instruct's chat template (its chat_template.json), which VideoScore-Qwen2-VL's processor carries.
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -166,7 +168,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def write_processor_files(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     """The tokenizer and processor files, laid out as the published (transformers 4.46-era) checkpoint's."""
-    tokenizer._tokenizer.save(str(out_dir / "tokenizer.json"))
+    tokenizer.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
     added = {
         str(tokenizer.convert_tokens_to_ids(token)): {
             "content": token, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
@@ -219,7 +221,11 @@ def write_processor_files(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -> 
 
 def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
     """A tiny VideoScore-Qwen2-VL config shaped like the real one (Qwen2-VL-7B + a 5-way regression head)."""
-    ids = tokenizer.convert_tokens_to_ids
+
+    def ids(token: str) -> int:
+        # One token in, one id out (transformers types convert_tokens_to_ids as int | list[int] for both forms).
+        return cast(int, tokenizer.convert_tokens_to_ids(token))
+
     text_config = {
         "vocab_size": len(tokenizer),
         "hidden_size": TEXT_HIDDEN,
@@ -248,7 +254,9 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2VLConfig:
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    return Qwen2VLConfig(
+    # num_labels and pad_token_id reach PreTrainedConfig.__post_init__ as **kwargs at run time; transformers'
+    # dataclass_transform signature lists only the declared fields.
+    return Qwen2VLConfig(  # type: ignore[call-arg]
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids("<|image_pad|>"),

@@ -9,10 +9,13 @@ normalises with the text model's RMSNorm epsilon).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
-from transformers import Idefics2Config
+from transformers import Idefics2Config, PreTrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.models.idefics2.configuration_idefics2 import Idefics2PerceiverConfig
 from transformers.models.idefics2.modeling_idefics2 import Idefics2Model, Idefics2PreTrainedModel
 
 
@@ -28,8 +31,17 @@ def apply_mantis_perceiver_eps(config: Idefics2Config) -> Idefics2Config:
     perceiver norms from the text eps, and the weights were trained (and the published scores produced) that
     way. Changes ``config`` in place and returns it.
     """
-    config.perceiver_config.rms_norm_eps = config.text_config.rms_norm_eps
+    # Idefics2Config.__post_init__ has built both sub-configs (transformers types them dict | config | None).
+    perceiver = cast(Idefics2PerceiverConfig, config.perceiver_config)
+    perceiver.rms_norm_eps = cast(PreTrainedConfig, config.text_config).rms_norm_eps
     return config
+
+
+def num_labels(config: PreTrainedConfig) -> int:
+    """The number of scores the head outputs (``PreTrainedConfig.__post_init__`` always sets ``id2label``)."""
+    if config.num_labels is None:
+        raise ValueError("the config has no id2label, so no number of scores")
+    return config.num_labels
 
 
 def pooling_index(input_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor | int:
@@ -55,10 +67,10 @@ class VideoScoreForSequenceClassification(Idefics2PreTrainedModel):
         # Before any module is built, so from_pretrained (hub id or local folder) gets mantis' perceiver eps.
         apply_mantis_perceiver_eps(config)
         super().__init__(config)
-        self.num_labels = config.num_labels
+        self.num_labels = num_labels(config)
         self.model = Idefics2Model(config)
         # nn.Linear's default bias=True, as in mantis: the checkpoints carry score.weight and score.bias.
-        self.score = nn.Linear(config.text_config.hidden_size, self.num_labels)
+        self.score = nn.Linear(cast(PreTrainedConfig, config.text_config).hidden_size, self.num_labels)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

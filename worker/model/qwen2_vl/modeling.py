@@ -37,17 +37,20 @@ Qwen2-VL image processor's video path) lives in ``worker.qwen2_vl_recipe``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from transformers import Qwen2VLConfig
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VisionTransformerPretrainedModel,
     Qwen2VLPreTrainedModel,
     Qwen2VLTextModel,
 )
 
-from videoscore.worker.model.idefics2.modeling import pooling_index
+from videoscore.worker.model.idefics2.modeling import num_labels, pooling_index
 
 
 def mantis_position_ids(input_ids: torch.Tensor) -> torch.Tensor:
@@ -65,11 +68,13 @@ class VideoScoreQwen2VLForSequenceClassification(Qwen2VLPreTrainedModel):
 
     def __init__(self, config: Qwen2VLConfig) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
+        self.num_labels = num_labels(config)
         self.visual = Qwen2VisionTransformerPretrainedModel._from_config(config.vision_config)
         self.model = Qwen2VLTextModel._from_config(config.text_config)
+        # Qwen2VLConfig.__post_init__ has built the text config (transformers types it dict | config | None).
+        text_config = cast(Qwen2VLTextConfig, config.text_config)
         # nn.Linear's default bias=True, as in mantis: the checkpoint carries score.weight and score.bias.
-        self.score = nn.Linear(config.text_config.hidden_size, self.num_labels)
+        self.score = nn.Linear(text_config.hidden_size, self.num_labels)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -106,7 +111,7 @@ class VideoScoreQwen2VLForSequenceClassification(Qwen2VLPreTrainedModel):
         video_grid_thw: torch.LongTensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.LongTensor | None = None,
-        position_ids: torch.LongTensor | None = None,
+        position_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
         """Score a batch: ``logits`` has shape (batch, num_labels).

@@ -111,9 +111,9 @@ def num_sampled_frames(total_frames: int, video_fps: float, *, fps: float = FPS,
             raise VideoDecodeError("the video stream declares no frame rate, which fps-based sampling needs")
         min_frames = _ceil_by(FPS_MIN_FRAMES, FRAME_FACTOR)
         max_frames = _floor_by(min(FPS_MAX_FRAMES, total_frames), FRAME_FACTOR)
-        count = total_frames / video_fps * fps
-        count = min(max(count, min_frames), max_frames)
-        count = _round_by(count, FRAME_FACTOR)
+        wanted = total_frames / video_fps * fps
+        wanted = min(max(wanted, min_frames), max_frames)
+        count = _round_by(wanted, FRAME_FACTOR)
     if not FRAME_FACTOR <= count <= total_frames:
         raise VideoDecodeError(
             f"cannot sample {count} frames from a video of {total_frames} (the Qwen2-VL recipe needs at least "
@@ -131,7 +131,9 @@ def sample_indices(total_frames: int, video_fps: float, *, fps: float = FPS, nfr
     return [int(i) for i in torch.linspace(0, total_frames - 1, count).round().long().tolist()]
 
 
-def qwen_vl_utils_smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: float) -> tuple[int, int]:
+def qwen_vl_utils_smart_resize(
+    height: int, width: int, factor: int, min_pixels: int, max_pixels: float
+) -> tuple[int, int]:
     """qwen-vl-utils' ``smart_resize`` (never below one factor per side; unlike transformers' own)."""
     if max(height, width) / min(height, width) > MAX_RATIO:
         raise VideoDecodeError(f"aspect ratio {max(height, width) / min(height, width):.0f} is over {MAX_RATIO}")
@@ -150,7 +152,9 @@ def qwen_vl_utils_smart_resize(height: int, width: int, factor: int, min_pixels:
 
 def video_frame_size(num_frames: int, height: int, width: int) -> tuple[int, int]:
     """The (height, width) qwen-vl-utils resizes a video of ``num_frames`` frames of ``height`` x ``width`` to."""
-    max_pixels = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / num_frames * FRAME_FACTOR), int(VIDEO_MIN_PIXELS * 1.05))
+    max_pixels = max(
+        min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / num_frames * FRAME_FACTOR), int(VIDEO_MIN_PIXELS * 1.05)
+    )
     return qwen_vl_utils_smart_resize(height, width, IMAGE_FACTOR, VIDEO_MIN_PIXELS, max_pixels)
 
 
@@ -323,7 +327,8 @@ class Qwen2VLInputs:
     def from_pretrained(cls, source: str) -> Qwen2VLInputs:
         tokenizer = AutoTokenizer.from_pretrained(source)
         chat_template = _load_chat_template(source, tokenizer)
-        vision = VisionSettings.from_config(json.loads(_checkpoint_file(source, "preprocessor_config.json").read_text()))
+        preprocessor_config = json.loads(_checkpoint_file(source, "preprocessor_config.json").read_text())
+        vision = VisionSettings.from_config(preprocessor_config)
         return cls(tokenizer, chat_template, vision)
 
     def chat_text(self, prompt: str) -> str:
