@@ -287,6 +287,8 @@ def _write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format=_container_format(path), options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate, options=_encoder_options(codec, gop, bframes, preset))
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{codec!r} is not a video encoder")
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = time_base

@@ -217,7 +217,7 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     # cover art in audio files shows up as a one-frame "video" stream; it is not a video
     streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not streams:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["no streams"]
         detail = "audio only" if kinds == ["audio"] else "found: " + ", ".join(kinds)
         raise VideoDecodeError(f"no video stream ({detail})")
     stream = streams[0]
@@ -519,7 +519,7 @@ class _ForwardDecoder:
         return frame
 
     def _number(self, frame: av.VideoFrame) -> int:
-        number = self._number_of.get(frame.pts)
+        number = None if frame.pts is None else self._number_of.get(frame.pts)
         if number is None:
             raise _IndexUnusable(f"decoder produced a frame with unknown timestamp {frame.pts}")
         return number

@@ -76,7 +76,9 @@ class VideoStore:
             elif parsed.scheme == "file":
                 yield self._fetch_file(Path(unquote(parsed.path)))
             else:
-                raise VideoAccessDeniedError(f"scheme {parsed.scheme!r} is not fetched by workers (s3:// or file:// only)")
+                raise VideoAccessDeniedError(
+                    f"scheme {parsed.scheme!r} is not fetched by workers (s3:// or file:// only)"
+                )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
