@@ -26,7 +26,9 @@ STAND_IN_WARNING = "UNTRAINED STAND-IN MODEL: these scores come from random weig
 def results_table(records: Sequence[JobRecord], *, title: str = "VideoScore results") -> Table:
     """One row per job: where the video is, its state, the five scores (3 decimals) or why it failed."""
     stand_ins = {r.model for r in records if r.stand_in_model}
-    models = sorted({_short_model(r.model) + (" (untrained stand-in)" if r.model in stand_ins else "") for r in records})
+    models = sorted(
+        {_short_model(r.model) + (" (untrained stand-in)" if r.model in stand_ins else "") for r in records}
+    )
     title = f"{title}\nmodel: {', '.join(models) or '-'}"
     if any(r.stand_in_model for r in records):
         title = f"{title}\n[bold red]{STAND_IN_WARNING}[/]"
@@ -50,7 +52,9 @@ def _short_model(model: str) -> str:
     return model.rstrip("/").split("/")[-1]
 
 
-def wait_with_progress(client: Client, job_ids: list[str], *, console: Console, timeout_s: float | None) -> list[JobRecord]:
+def wait_with_progress(
+    client: Client, job_ids: list[str], *, console: Console, timeout_s: float | None
+) -> list[JobRecord]:
     """Client.wait with a progress bar of finished jobs."""
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:

@@ -10,7 +10,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -38,7 +38,7 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/] {message}")
     raise typer.Exit(code=2)
 
@@ -49,7 +49,9 @@ def submit(
         help="s3://bucket/key or file:///path of one video, or a manifest of many (.jsonl, .ndjson or .csv)")],
     prompt: Annotated[Optional[str], typer.Option(help="The text the video was generated from (one video)")] = None,
     model: Annotated[Optional[str], typer.Option(help="Hub id or local checkpoint folder (manifest: default)")] = None,
-    batch: Annotated[Optional[str], typer.Option(help="Batch name, for grouping and queries (manifest: default)")] = None,
+    batch: Annotated[
+        Optional[str], typer.Option(help="Batch name, for grouping and queries (manifest: default)")
+    ] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Same key, same job")] = None,
     priority: Annotated[Optional[str], typer.Option(help="high, normal or low (manifest: default)")] = None,
     force: Annotated[bool, typer.Option(help="Score even if the same content was scored before")] = False,
@@ -61,7 +63,7 @@ def submit(
     if is_manifest(target):
         if prompt or idempotency_key:
             _fail("--prompt and --idempotency-key are per row in a manifest")
-        defaults = {"model": model, "batch": batch, "priority": priority, "force": force or None}
+        defaults: dict[str, object] = {"model": model, "batch": batch, "priority": priority, "force": force or None}
         _submit_manifest(settings, Path(target), defaults, skip_invalid=skip_invalid, webhook=webhook, batch=batch)
         return
     if not prompt:
@@ -82,7 +84,7 @@ def _set_webhook(client: Client, batch: str | None, url: str) -> None:
     if not batch:
         _fail("--webhook needs --batch: the webhook fires when that batch completes")
     try:
-        client.set_batch_webhook(batch, url)  # type: ignore[arg-type]
+        client.set_batch_webhook(batch, url)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -156,7 +158,9 @@ def results(
     tag: Annotated[Optional[list[str]], typer.Option(help="key:value; repeat for several")] = None,
     since: Annotated[Optional[datetime], typer.Option(help="Created at or after (ISO 8601, UTC if no zone)")] = None,
     until: Annotated[Optional[datetime], typer.Option(help="Created before")] = None,
-    min_score: Annotated[Optional[list[str]], typer.Option("--min", help="aspect=value, e.g. text_to_video_alignment=2.5")] = None,
+    min_score: Annotated[
+        Optional[list[str]], typer.Option("--min", help="aspect=value, e.g. text_to_video_alignment=2.5")
+    ] = None,
     max_score: Annotated[Optional[list[str]], typer.Option("--max", help="aspect=value")] = None,
     limit: Annotated[int, typer.Option()] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
@@ -385,7 +389,8 @@ def build_stand_in(
     if fast:
         from videoscore.worker.testing.fast_scorer import build_fast_stand_in
 
-        console.print(f"fast stand-in (not a model) of {variant} written to {build_fast_stand_in(out, variant=variant)}")
+        written = build_fast_stand_in(out, variant=variant)
+        console.print(f"fast stand-in (not a model) of {variant} written to {written}")
         return
     from videoscore.worker.testing.stand_in import build_stand_in_checkpoint
 

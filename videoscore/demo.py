@@ -47,7 +47,8 @@ def ensure_stand_in(console: Console) -> Path:
     if not (folder / "videoscore.json").is_file():
         console.print(f"building the untrained stand-in checkpoint in {folder} …")
         subprocess.run(
-            [sys.executable, "-m", "videoscore.worker.testing.stand_in", "--out", str(folder), "--variant", DEFAULT_MODEL, "--seed", "0"],
+            [sys.executable, "-m", "videoscore.worker.testing.stand_in",
+             "--out", str(folder), "--variant", DEFAULT_MODEL, "--seed", "0"],
             check=True,
         )
     return folder
