@@ -8,9 +8,10 @@ see `db.jobs.requeue_orphans`), so 64 workers reaping at once do not send 64 cop
 
 Recovery after a worker is killed therefore takes at most lease_s + reap_interval_s, plus the wait behind
 the jobs already queued. The same round also reconciles the database with Redis (worker.reconcile): after
-Redis restarts or a worker dies, queued jobs whose message was lost are sent again. After the database was unreachable, the reaper first waits one lease with the
-database reachable: every worker's heartbeats failed during the outage, and reaping at once would hand
-every live worker's jobs to others (safe, but each would be scored twice).
+Redis restarts or a worker dies, queued jobs whose message was lost are sent again. After the database was
+unreachable, the reaper first waits one lease with the database reachable: every worker's heartbeats failed
+during the outage, and reaping at once would hand every live worker's jobs to others (safe, but each would
+be scored twice).
 """
 
 from __future__ import annotations

@@ -48,7 +48,9 @@ PRIORITY_STEPS = (3, 6, 9)
 UNACKED_KEY = "unacked"
 SNAPSHOT_GAP_S = 1.0
 _DELETE_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-_RENEW_IF_OURS = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+_RENEW_IF_OURS = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+)
 # Jobs sent this shortly before a run are not compared: their message may still be on its way (producers stamp
 # enqueued_at with their own clocks). A requested run therefore waits this long after the request (maybe_run).
 CLOCK_MARGIN = timedelta(seconds=5)
