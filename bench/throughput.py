@@ -65,8 +65,10 @@ def main() -> None:
         workdir = Path(tmp)
         spec = stand_in_spec(workdir)
         num_frames = args.frames or spec.num_frames
-        clips = [make_video(workdir / f"clip{i}.mp4", frames=args.video_frames, size=(width, height), pattern="textured")
-                 for i in range(args.videos)]
+        clips = [
+            make_video(workdir / f"clip{i}.mp4", frames=args.video_frames, size=(width, height), pattern="textured")
+            for i in range(args.videos)
+        ]
         prompts = [f"benchmark clip {i}: a square moving over a gradient" for i in range(args.videos)]
         device = resolve_device(args.device)
         dtype = "bfloat16" if device == "cuda" else "float32"

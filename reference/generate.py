@@ -6,8 +6,8 @@ Run with the project's venv (it builds inputs with project code), after ``bash r
 
 It
 
-1. builds the untrained stand-in checkpoint (``videoscore.worker.testing.stand_in``, TIGER-Lab/VideoScore-v1.1, seed 0) into a
-   work folder, and copies the golden's videos there from ``reference/golden/videos/<case id>.mp4``;
+1. builds the untrained stand-in checkpoint (``videoscore.worker.testing.stand_in``, TIGER-Lab/VideoScore-v1.1,
+   seed 0) into a work folder, and copies the golden's videos there from ``reference/golden/videos/<case id>.mp4``;
 2. writes a transformers-4 view of the checkpoint (``write_transformers4_view``: the same weights and
    tokenizer, with the few JSON files transformers 5.24 writes in a layout 4.52.4 cannot read translated)
    and ``cases.json``;

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from videoscore.db.migrate import upgrade
+from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
 
 pytest_plugins = ["tests.model_fixtures"] if (Path(__file__).parent / "model_fixtures.py").exists() else []
-from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         env = {**os.environ, **self.settings.to_env()}
-        argv = [sys.executable, "-m", "videoscore.worker.testing.fleet_worker", "worker", "--concurrency", str(self.concurrency),
-                "--hostname", f"{self.name}@%h", "--loglevel", "INFO"]
+        argv = [sys.executable, "-m", "videoscore.worker.testing.fleet_worker", "worker",
+                "--concurrency", str(self.concurrency), "--hostname", f"{self.name}@%h", "--loglevel", "INFO"]
         self.process = subprocess.Popen(argv, env=env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         return self
 

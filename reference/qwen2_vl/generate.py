@@ -279,7 +279,9 @@ def transformers4_config(config: dict) -> tuple[dict, list[str]]:
         **{key: text[key] for key in _TEXT_FIELDS if key in text},
         "rope_theta": rope["rope_theta"],
         "rope_scaling": {"type": "mrope", "mrope_section": list(rope["mrope_section"])},
-        "vision_config": {key: config["vision_config"][key] for key in _VISION_FIELDS if key in config["vision_config"]},
+        "vision_config": {
+            key: config["vision_config"][key] for key in _VISION_FIELDS if key in config["vision_config"]
+        },
         "pad_token_id": config.get("pad_token_id", text.get("pad_token_id")),
         "torch_dtype": config.get("dtype", "float32"),
     }

@@ -55,8 +55,9 @@ class FleetWorker(WorkerProcess):
 
     def start(self) -> "FleetWorker":
         env = {**os.environ, **self.settings.to_env()}
-        argv = [sys.executable, "-m", "videoscore.worker.testing.fleet_worker", "worker", "--concurrency", str(self.concurrency),
-                "--hostname", f"{self.name}@%h", "--loglevel", self.loglevel, *self.extra_args]
+        argv = [sys.executable, "-m", "videoscore.worker.testing.fleet_worker", "worker",
+                "--concurrency", str(self.concurrency), "--hostname", f"{self.name}@%h",
+                "--loglevel", self.loglevel, *self.extra_args]
         self.process = subprocess.Popen(argv, env=env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         return self
 

@@ -40,7 +40,10 @@ def test_database_down_for_30s_mid_run_loses_no_job(own_postgres: PostgresServer
         logs = "\n".join(worker.log() for worker in workers)
         figures = cluster.figures(
             f"3 PostgreSQL down {OUTAGE_S}s", ids, seconds=time.monotonic() - started,
-            note=f"({retried} jobs needed a second claim; all done {time.monotonic() - back_at:.1f}s after it was back)",
+            note=(
+                f"({retried} jobs needed a second claim; "
+                f"all done {time.monotonic() - back_at:.1f}s after it was back)"
+            ),
         )
         report(figures)
         assert (figures.lost, figures.scored_twice, figures.failed) == (0, 0, 0)

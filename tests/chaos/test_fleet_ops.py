@@ -68,7 +68,10 @@ def test_a_worker_exposes_metrics_fails_poison_and_overlong_jobs_and_never_logs_
         assert [rows[j].status for j in good] == ["succeeded"] * 20
         assert (rows[poison].status, rows[poison].error_kind, rows[poison].attempts) == (
             "failed", "attempts_exhausted", 3)
-        assert "last error: internal_error: RuntimeError: the fast stand-in was asked to fail" in rows[poison].error_message
+        assert (
+            "last error: internal_error: RuntimeError: the fast stand-in was asked to fail"
+            in rows[poison].error_message
+        )
         assert (rows[slow].status, rows[slow].error_kind) == ("failed", "time_limit")
         assert "time limit of 3s" in rows[slow].error_message
 

@@ -76,7 +76,8 @@ def test_compose_has_the_stack_and_its_guarantees() -> None:
             assert (DOCKER / build["context"] / build["dockerfile"]).is_file(), name
     assert services["api"]["command"][0] == "api"
     env = services["worker"]["environment"]
-    assert env["VIDEOSCORE_BROKER_URL"].startswith("redis://redis:") and "postgres:5432" in env["VIDEOSCORE_DATABASE_URL"]
+    assert env["VIDEOSCORE_BROKER_URL"].startswith("redis://redis:")
+    assert "postgres:5432" in env["VIDEOSCORE_DATABASE_URL"]
     unknown = [k for k in env if k.startswith("VIDEOSCORE_") and k[11:].lower() not in Settings.model_fields]
     assert unknown == []
 

@@ -243,7 +243,9 @@ def _max_abs_diff(ours: list[float], golden: list[float]) -> float:
 def test_fp32_logits_match_golden(logits_fp32: dict, case_id: str):
     golden = _case(case_id)["logits"]
     delta = _max_abs_diff(logits_fp32[case_id], golden)
-    assert delta <= FP32_ABS_TOL, f"{case_id}: max |Δ| {delta:.3g} > {FP32_ABS_TOL}: ours {logits_fp32[case_id]}, golden {golden}"
+    assert delta <= FP32_ABS_TOL, (
+        f"{case_id}: max |Δ| {delta:.3g} > {FP32_ABS_TOL}: ours {logits_fp32[case_id]}, golden {golden}"
+    )
 
 
 @pytest.mark.slow  # loads a second model and scores every case in bf16 on CPU (~35 s)

@@ -228,7 +228,8 @@ def test_model_inputs_match_golden(scorer: Scorer, sampled: dict, case_id: str):
     pixels = inputs["pixel_values_videos"].float().numpy()
     assert list(pixels.shape) == want["pixel_values_videos"]["shape"]
     assert sha256_array(pixels) == want["pixel_values_videos"]["sha256"], (
-        f"{case_id}: pixel values differ (sum {pixels.astype(np.float64).sum()} vs {want['pixel_values_videos']['sum']})"
+        f"{case_id}: pixel values differ "
+        f"(sum {pixels.astype(np.float64).sum()} vs {want['pixel_values_videos']['sum']})"
     )
 
 
@@ -239,13 +240,17 @@ def test_model_inputs_match_golden(scorer: Scorer, sampled: dict, case_id: str):
 def test_fp32_logits_match_golden(logits: dict, case_id: str):
     golden = _case(case_id)["logits"]
     delta = _max_abs_diff(logits[case_id], golden)
-    assert delta <= FP32_ABS_TOL, f"{case_id}: max |Δ| {delta:.3g} > {FP32_ABS_TOL}: ours {logits[case_id]}, golden {golden}"
+    assert delta <= FP32_ABS_TOL, (
+        f"{case_id}: max |Δ| {delta:.3g} > {FP32_ABS_TOL}: ours {logits[case_id]}, golden {golden}"
+    )
 
 
 # --- 6. the guard: this comparison can fail -------------------------------------------------------------------
 
 
-def mrope_position_ids(input_ids: torch.Tensor, grid_thw: torch.Tensor, video_token_id: int, merge: int) -> torch.Tensor:
+def mrope_position_ids(
+    input_ids: torch.Tensor, grid_thw: torch.Tensor, video_token_id: int, merge: int
+) -> torch.Tensor:
     """Qwen2-VL's 3-D M-RoPE positions (what ``get_rope_index`` computes) for rows with one video each."""
     batch, length = input_ids.shape
     positions = torch.zeros(3, batch, length, dtype=torch.long)
@@ -256,7 +261,8 @@ def mrope_position_ids(input_ids: torch.Tensor, grid_thw: torch.Tensor, video_to
         h, w = h // merge, w // merge
         assert t * h * w == count
         positions[:, row, :start] = torch.arange(start)
-        grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+        mesh = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+        grid = torch.stack(mesh).reshape(3, -1)
         positions[:, row, start : start + count] = grid + start
         after = length - start - count
         positions[:, row, start + count :] = torch.arange(after) + int(positions[:, row, : start + count].max()) + 1
@@ -272,7 +278,10 @@ def test_position_guard_with_mrope_positions_logits_miss_the_golden(scorer: Scor
         golden = _case(case_id)
         inputs = scorer._processor.encode([golden["prompt"]], [sampled[case_id].frames])
         positions = mrope_position_ids(
-            inputs["input_ids"], inputs["video_grid_thw"], model.config.video_token_id, model.config.vision_config.spatial_merge_size
+            inputs["input_ids"],
+            inputs["video_grid_thw"],
+            model.config.video_token_id,
+            model.config.vision_config.spatial_merge_size,
         )
         with torch.inference_mode():
             broken = model(**inputs, position_ids=positions).logits[0].tolist()

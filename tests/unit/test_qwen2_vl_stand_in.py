@@ -56,7 +56,9 @@ def test_the_folder_is_a_small_stand_in_marked_with_its_variant(qwen2_vl_stand_i
 
 
 def test_it_loads_with_mantis_keys_and_no_missing_or_unexpected_ones(qwen2_vl_stand_in: Path):
-    model, info = VideoScoreQwen2VLForSequenceClassification.from_pretrained(qwen2_vl_stand_in, output_loading_info=True)
+    model, info = VideoScoreQwen2VLForSequenceClassification.from_pretrained(
+        qwen2_vl_stand_in, output_loading_info=True
+    )
 
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     keys = set(model.state_dict())
