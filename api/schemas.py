@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, get_type_hints
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from videoscore.core.variants import ASPECTS
 from videoscore.db.queries import AspectStats, BatchSummary, GroupStats
 from videoscore.db.records import JobRecord
 
@@ -26,49 +28,33 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
-class JobOut(BaseModel):
+class _JobView(BaseModel):
     """One job: its request, state, the five scores (when succeeded) and provenance."""
 
-    id: str
-    status: str
-    video_uri: str
-    prompt: str
-    model: str
-    batch: str | None
-    tags: dict[str, str]
-    priority: str
-    force: bool
-    idempotency_key: str | None
-    queue: str
-    attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    worker_host: str | None
-    error_kind: str | None
-    error_message: str | None
-    scores: dict[str, float] | None = Field(description="The five aspect scores; null until succeeded")
-    stand_in_model: bool | None = Field(description="True: scored by an UNTRAINED STAND-IN, the scores mean nothing")
-    model_revision: str | None
-    deduplicated_from: str | None = Field(description="Set when the scores were copied from this earlier job")
-    num_frames: int | None
-    frame_indices: list[int] | None
-    video_etag: str | None
-    video_bytes: int | None
-    video_total_frames: int | None
-    video_fps: float | None
-    video_duration_s: float | None
-    video_width: int | None
-    video_height: int | None
-    download_s: float | None
-    decode_s: float | None
-    preprocess_s: float | None
-    forward_s: float | None
-
     @classmethod
-    def of(cls, record: JobRecord) -> "JobOut":
+    def of(cls, record: JobRecord) -> Self:
         data: dict[str, Any] = {name: getattr(record, name) for name in cls.model_fields if name != "scores"}
         return cls(**data, scores=record.scores)
+
+
+def _job_fields() -> dict[str, Any]:
+    """JobRecord's fields (db.records declares them, with their descriptions), the five aspects as `scores`."""
+    types = get_type_hints(JobRecord)
+    out: dict[str, Any] = {}
+    for f in fields(JobRecord):
+        if f.name in ASPECTS:
+            out.setdefault("scores", (dict[str, float] | None,
+                                      Field(description="The five aspect scores; null until succeeded")))
+        else:
+            out[f.name] = (types[f.name], Field(description=f.metadata.get("description")))
+    return out
+
+
+if TYPE_CHECKING:  # a type checker cannot see the fields of a model built at run time; it sees _JobView's API
+    JobOut = _JobView
+else:
+    JobOut = create_model("JobOut", __base__=_JobView, __doc__=_JobView.__doc__, __module__=__name__,
+                          **_job_fields())
 
 
 class SubmittedMany(BaseModel):

@@ -12,9 +12,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, false, func, insert, or_, select, update
+from sqlalchemy import JSON, Table, bindparam, false, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -25,6 +25,10 @@ from videoscore.core.jobspec import JobRequest
 from videoscore.core.names import JobStatus
 from videoscore.db.models import Job, utcnow
 from videoscore.db.records import JobRecord, ScoreResult
+
+_JOBS = cast(Table, Job.__table__)  # the Core table: bulk and hot paths skip the ORM's per-row bookkeeping
+_JSON_COLUMNS = frozenset(c.name for c in _JOBS.columns if isinstance(c.type, JSON))
+_REQUEST_FIELDS = tuple(JobRequest.model_fields)  # each one a column of the same name
 
 
 def new_job_id() -> str:
@@ -53,20 +57,21 @@ def insert_jobs(
         if key is not None:
             first_with_key[key] = len(rows)
         plan.append(len(rows))
-        rows.append({
-            "id": new_job_id(), "idempotency_key": key, "video_uri": request.video_uri, "prompt": request.prompt,
-            "model": request.model, "batch": request.batch, "tags": dict(request.tags),
-            "queue": queue(request) if callable(queue) else queue, "status": JobStatus.QUEUED.value,
-            "attempts": 0, "created_at": now, "priority": request.priority, "force": request.force,
-        })
+        # A new row: its request's fields, and the state every job starts in; the other columns stay NULL (or
+        # their default) until a worker writes them.
+        row = {name: getattr(request, name) for name in _REQUEST_FIELDS}
+        row.update(id=new_job_id(), tags=dict(request.tags), queue=queue(request) if callable(queue) else queue,
+                   status=JobStatus.QUEUED.value, attempts=0, created_at=now)
+        rows.append(row)
     connection = session.connection()  # Core, not the ORM: its per-row bookkeeping costs more than the SQL
     inserted: set[str] = set()  # ids of the rows that went in; the others met an existing idempotency key
     for start in range(0, len(rows), CHUNK):
+        chunk = rows[start:start + CHUNK]
         if connection.dialect.name == "postgresql":
-            inserted.update(_copy_then_insert(connection, rows[start:start + CHUNK]))
+            inserted.update(_copy_then_insert(connection, chunk))
         else:
-            statement = _insert_skipping_known_keys(session).returning(Job.__table__.c.id)
-            inserted.update(connection.execute(statement, rows[start:start + CHUNK]).scalars())
+            statement = _insert_skipping_known_keys(session).returning(_JOBS.c.id)
+            inserted.update(connection.execute(statement, chunk).scalars())
     skipped_keys = [row["idempotency_key"] for row in rows if row["id"] not in inserted]
     owner = _job_ids_by_idempotency_key(session, skipped_keys)
     earlier = _jobs_by_id(session, list(owner.values()))
@@ -91,16 +96,11 @@ _NULL_RECORD = {f.name: None for f in fields(JobRecord)}
 
 def _insert_skipping_known_keys(session: Session):  # type: ignore[no-untyped-def]
     dialect = session.get_bind().dialect.name
-    table = Job.__table__
     if dialect == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        return pg_insert(_JOBS).on_conflict_do_nothing(index_elements=["idempotency_key"])
     if dialect == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    return insert(table)
-
-
-_COPIED = ("id", "idempotency_key", "video_uri", "prompt", "model", "batch", "tags", "queue", "status", "attempts",
-           "created_at", "priority", "force")
+        return sqlite_insert(_JOBS).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return insert(_JOBS)
 
 
 def _copy_then_insert(connection: Connection, rows: list[dict[str, Any]]) -> list[str]:
@@ -109,7 +109,8 @@ def _copy_then_insert(connection: Connection, rows: list[dict[str, Any]]) -> lis
     COPY streams rows without per-row statements or parameter parsing, about ten times faster than an
     executemany from Python; the INSERT keeps the idempotency-key semantics and says which rows went in.
     """
-    columns = ", ".join(f'"{c}"' for c in _COPIED)
+    copied = list(rows[0])  # the columns insert_jobs sets; every row has the same
+    columns = ", ".join(f'"{c}"' for c in copied)
     connection.exec_driver_sql(
         "CREATE TEMP TABLE IF NOT EXISTS new_jobs (LIKE jobs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     connection.exec_driver_sql("TRUNCATE new_jobs")
@@ -117,7 +118,7 @@ def _copy_then_insert(connection: Connection, rows: list[dict[str, Any]]) -> lis
     with raw.cursor() as cursor:  # type: ignore[union-attr]
         with cursor.copy(f"COPY new_jobs ({columns}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row([json.dumps(row[c]) if c == "tags" else row[c] for c in _COPIED])
+                copy.write_row([json.dumps(row[c]) if c in _JSON_COLUMNS else row[c] for c in copied])
     result = connection.exec_driver_sql(
         f"INSERT INTO jobs ({columns}) SELECT {columns} FROM new_jobs "
         "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id")
@@ -135,15 +136,17 @@ def _record_from_values(values: dict[str, Any]) -> JobRecord:
 def _job_ids_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for start in range(0, len(keys), CHUNK):
-        query = select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(keys[start:start + CHUNK]))
-        found.update({key: job_id for key, job_id in session.execute(query)})
+        chunk = keys[start:start + CHUNK]
+        query = select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(chunk))
+        found.update({cast(str, key): job_id for key, job_id in session.execute(query)})  # IN (…) skips NULL
     return found
 
 
 def _jobs_by_id(session: Session, job_ids: list[str]) -> dict[str, Job]:
     found: dict[str, Job] = {}
     for start in range(0, len(job_ids), CHUNK):
-        found.update({row.id: row for row in session.scalars(select(Job).where(Job.id.in_(job_ids[start:start + CHUNK])))})
+        chunk = job_ids[start:start + CHUNK]
+        found.update({row.id: row for row in session.scalars(select(Job).where(Job.id.in_(chunk)))})
     return found
 
 
@@ -222,7 +225,7 @@ def claim_job(
         (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < now - lease),
         (Job.status == JobStatus.RUNNING) & (Job.worker_host == worker_host) if reclaim_own else false(),
     )
-    jobs = Job.__table__
+    jobs = _JOBS
     # One round trip: the UPDATE hands back the claimed row (RETURNING; PostgreSQL, and SQLite >= 3.35).
     row = session.execute(
         update(jobs)
@@ -261,7 +264,9 @@ def fail_job(session: Session, job_id: str, *, kind: str, message: str, worker_h
     )
 
 
-def release_for_retry(session: Session, job_id: str, *, kind: str, message: str, worker_host: str, attempt: int) -> bool:
+def release_for_retry(
+    session: Session, job_id: str, *, kind: str, message: str, worker_host: str, attempt: int
+) -> bool:
     """Hand a job back to the queue after a transient error, keeping the reason for the record."""
     result = session.execute(
         update(Job)
@@ -357,10 +362,12 @@ def _held_by(job_id: str, worker_host: str, attempt: int):  # type: ignore[no-un
     )
 
 
-def _finish(session: Session, job_id: str, worker_host: str, attempt: int, *, status: JobStatus, **values: object) -> bool:
+def _finish(
+    session: Session, job_id: str, worker_host: str, attempt: int, *, status: JobStatus, **values: object
+) -> bool:
     # A Core UPDATE whose SET columns come from the parameters: compiled once per column set and cached, where an
     # ORM update with .values() re-coerces ~20 literals per call (a quarter of a fast worker's CPU in the soak).
-    jobs = Job.__table__
+    jobs = _JOBS
     statement = update(jobs).where(
         jobs.c.id == bindparam("held_id"),
         jobs.c.status == JobStatus.RUNNING.value,

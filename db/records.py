@@ -1,8 +1,13 @@
-"""Plain, detached views of job rows that both producer and worker pass around safely."""
+"""Plain, detached views of job rows that both producer and worker pass around safely.
+
+`JobRecord` is the one declaration of a job's public fields: `from_row` and the insert (db.jobs) read its
+fields, the API's `JobOut` (api.schemas) and the export's columns (producer.export) are built from them. A new
+column is declared here and in db.models; a field's metadata `description` shows in the API's schema.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +17,8 @@ from videoscore.db.models import Job
 
 @dataclass(frozen=True)
 class JobRecord:
+    """One job as its row holds it, less the worker's bookkeeping (enqueued_at, heartbeat_at)."""
+
     id: str
     video_uri: str
     prompt: str
@@ -33,7 +40,8 @@ class JobRecord:
     text_to_video_alignment: float | None
     factual_consistency: float | None
     model_revision: str | None
-    stand_in_model: bool | None
+    stand_in_model: bool | None = field(
+        metadata={"description": "True: scored by an UNTRAINED STAND-IN, the scores mean nothing"})
     num_frames: int | None
     frame_indices: list[int] | None
     video_etag: str | None
@@ -50,7 +58,8 @@ class JobRecord:
     idempotency_key: str | None
     priority: str
     force: bool
-    deduplicated_from: str | None
+    deduplicated_from: str | None = field(
+        metadata={"description": "Set when the scores were copied from this earlier job"})
 
     @classmethod
     def from_row(cls, row: Job) -> "JobRecord":
@@ -68,6 +77,10 @@ class JobRecord:
             if isinstance(value, datetime):
                 data[key] = value.isoformat()
         return data
+
+
+_NOT_COLUMNS = {f.name for f in fields(JobRecord)} - set(Job.__table__.columns.keys())
+assert not _NOT_COLUMNS, f"JobRecord fields without a column in db.models.Job: {sorted(_NOT_COLUMNS)}"
 
 
 @dataclass(frozen=True)
