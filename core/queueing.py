@@ -20,6 +20,7 @@ from celery import Celery
 from videoscore.core.names import TASK_SCORE_JOB, is_job_id
 from videoscore.core.settings import Settings
 from videoscore.core.variants import VARIANTS
+from videoscore.db.jobs import JOBS_PER_CHUNK
 
 PRIORITY_SUFFIX = {"high": ".high", "normal": "", "low": ".low"}
 
@@ -97,7 +98,7 @@ def worker_queues(settings: Settings) -> list[str]:
 # --- pipelined sending: thousands of Celery messages per second over one Redis connection --------------
 
 
-def enqueue_pipelined(app: Celery, job_ids: Sequence[str], *, queue: str, chunk: int = 5000) -> None:
+def enqueue_pipelined(app: Celery, job_ids: Sequence[str], *, queue: str, chunk: int = JOBS_PER_CHUNK) -> None:
     """Send one ordinary Celery (protocol 2) message per job id, `chunk` messages per Redis LPUSH.
 
     `send_task` costs about a millisecond a message in Celery's Python; this builds the JSON that kombu's

@@ -26,9 +26,17 @@ from videoscore.core.names import JobStatus
 from videoscore.db.models import Job, utcnow
 from videoscore.db.records import JobRecord, ScoreResult
 
+JOBS_PER_CHUNK = 5_000
+"""Jobs per bulk step: per submit transaction (producer.client), per INSERT and IN (…) list here, per pipelined
+LPUSH (core.queueing), per page of an export (db.queries.iter_jobs). Well under SQLite's 32,766 bound
+parameters per statement."""
+MAX_ERROR_MESSAGE_CHARS = 4_000
+"""Longest error message stored with a job; longer ones are cut."""
+
 _JOBS = cast(Table, Job.__table__)  # the Core table: bulk and hot paths skip the ORM's per-row bookkeeping
 _JSON_COLUMNS = frozenset(c.name for c in _JOBS.columns if isinstance(c.type, JSON))
 _REQUEST_FIELDS = tuple(JobRequest.model_fields)  # each one a column of the same name
+_NULL_RECORD = {f.name: None for f in fields(JobRecord)}
 
 
 def new_job_id() -> str:
@@ -65,8 +73,8 @@ def insert_jobs(
         rows.append(row)
     connection = session.connection()  # Core, not the ORM: its per-row bookkeeping costs more than the SQL
     inserted: set[str] = set()  # ids of the rows that went in; the others met an existing idempotency key
-    for start in range(0, len(rows), CHUNK):
-        chunk = rows[start:start + CHUNK]
+    for start in range(0, len(rows), JOBS_PER_CHUNK):
+        chunk = rows[start:start + JOBS_PER_CHUNK]
         if connection.dialect.name == "postgresql":
             inserted.update(_copy_then_insert(connection, chunk))
         else:
@@ -88,10 +96,6 @@ def insert_jobs(
         out.append((record, created and index not in answered))
         answered.add(index)
     return out
-
-
-CHUNK = 5000  # rows per INSERT and keys per IN (…): well under SQLite's 32,766 bound parameters
-_NULL_RECORD = {f.name: None for f in fields(JobRecord)}
 
 
 def _insert_skipping_known_keys(session: Session):  # type: ignore[no-untyped-def]
@@ -135,8 +139,8 @@ def _record_from_values(values: dict[str, Any]) -> JobRecord:
 
 def _job_ids_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for start in range(0, len(keys), CHUNK):
-        chunk = keys[start:start + CHUNK]
+    for start in range(0, len(keys), JOBS_PER_CHUNK):
+        chunk = keys[start:start + JOBS_PER_CHUNK]
         query = select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(chunk))
         found.update({cast(str, key): job_id for key, job_id in session.execute(query)})  # IN (…) skips NULL
     return found
@@ -144,8 +148,8 @@ def _job_ids_by_idempotency_key(session: Session, keys: list[str]) -> dict[str, 
 
 def _jobs_by_id(session: Session, job_ids: list[str]) -> dict[str, Job]:
     found: dict[str, Job] = {}
-    for start in range(0, len(job_ids), CHUNK):
-        chunk = job_ids[start:start + CHUNK]
+    for start in range(0, len(job_ids), JOBS_PER_CHUNK):
+        chunk = job_ids[start:start + JOBS_PER_CHUNK]
         found.update({row.id: row for row in session.scalars(select(Job).where(Job.id.in_(chunk)))})
     return found
 
@@ -158,8 +162,8 @@ def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
     """
     now = utcnow()
     postgres = session.get_bind().dialect.name == "postgresql"
-    for start in range(0, len(job_ids), CHUNK):
-        chunk = list(job_ids[start:start + CHUNK])
+    for start in range(0, len(job_ids), JOBS_PER_CHUNK):
+        chunk = list(job_ids[start:start + JOBS_PER_CHUNK])
         if postgres:  # one array parameter: psycopg parses a statement of 5,000 placeholders slowly
             session.connection().exec_driver_sql(
                 "UPDATE jobs SET enqueued_at = %s WHERE id = ANY(%s) AND status = 'queued'", (now, chunk))
@@ -260,7 +264,8 @@ def complete_job(session: Session, job_id: str, result: ScoreResult, *, worker_h
 def fail_job(session: Session, job_id: str, *, kind: str, message: str, worker_host: str, attempt: int) -> bool:
     """Record a permanent failure with its reason, if this worker still holds the claim."""
     return _finish(
-        session, job_id, worker_host, attempt, status=JobStatus.FAILED, error_kind=kind, error_message=message[:4000]
+        session, job_id, worker_host, attempt, status=JobStatus.FAILED, error_kind=kind,
+        error_message=message[:MAX_ERROR_MESSAGE_CHARS],
     )
 
 
@@ -274,7 +279,7 @@ def release_for_retry(
         .values(
             status=JobStatus.QUEUED,
             error_kind=kind,
-            error_message=message[:4000],
+            error_message=message[:MAX_ERROR_MESSAGE_CHARS],
             heartbeat_at=None,
             enqueued_at=utcnow(),  # the retry message is sent right after this commit
         )
@@ -287,7 +292,8 @@ def fail_unclaimable(session: Session, job_id: str, *, kind: str, message: str) 
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .values(status=JobStatus.FAILED, error_kind=kind, error_message=message[:4000], finished_at=utcnow())
+        .values(status=JobStatus.FAILED, error_kind=kind, error_message=message[:MAX_ERROR_MESSAGE_CHARS],
+                finished_at=utcnow())
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 

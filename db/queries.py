@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from videoscore.core.names import JobStatus
 from videoscore.core.variants import ASPECTS
+from videoscore.db.jobs import JOBS_PER_CHUNK
 from videoscore.db.models import Batch, Job, utcnow
 from videoscore.db.records import JobRecord, ScoreResult
 
@@ -91,7 +92,7 @@ def search_jobs(session: Session, where: JobFilter, *, limit: int = 100, cursor:
     return Page([JobRecord.from_row(r) for r in rows], next_cursor)
 
 
-def iter_jobs(session: Session, where: JobFilter, *, chunk: int = 5000) -> Iterator[JobRecord]:
+def iter_jobs(session: Session, where: JobFilter, *, chunk: int = JOBS_PER_CHUNK) -> Iterator[JobRecord]:
     """Every matching job, in creation order, fetched `chunk` rows at a time (for exports)."""
     cursor: str | None = None
     while True:

@@ -52,7 +52,7 @@ class Client:
         self,
         requests: Iterable[dict[str, Any] | JobRequest],
         *,
-        chunk_size: int = 5000,
+        chunk_size: int = job_queries.JOBS_PER_CHUNK,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[JobRecord]:
         """Validate every request (all or nothing), then insert and enqueue them `chunk_size` at a time.
@@ -67,7 +67,7 @@ class Client:
         self,
         requests: Sequence[JobRequest],
         *,
-        chunk_size: int = 5000,
+        chunk_size: int = job_queries.JOBS_PER_CHUNK,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[JobRecord]:
         """`submit_many` for requests already checked with `validate_job` (the manifest reader does so)."""
@@ -77,7 +77,7 @@ class Client:
         self,
         requests: Sequence[JobRequest],
         *,
-        chunk_size: int = 5000,
+        chunk_size: int = job_queries.JOBS_PER_CHUNK,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[tuple[JobRecord, bool]]:
         """`submit_valid`, also saying of each job whether it is new (False: its idempotency key existed)."""
