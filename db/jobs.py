@@ -308,27 +308,6 @@ def cancel_job(session: Session, job_id: str) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def stuck_jobs(session: Session, *, unsent_for: timedelta, lease: timedelta, limit: int = 1000) -> list[JobRecord]:
-    """Jobs nobody will work on unless re-sent.
-
-    Queued jobs whose message was never confirmed sent (the producer died between commit and send), and
-    running jobs whose worker stopped heartbeating. Queued jobs with a sent message are left alone: a long
-    queue is not a stuck one, and re-sending them would flood the broker.
-    """
-    now = utcnow()
-    query = (
-        select(Job)
-        .where(
-            or_(
-                (Job.status == JobStatus.QUEUED) & Job.enqueued_at.is_(None) & (Job.created_at < now - unsent_for),
-                (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < now - lease),
-            )
-        )
-        .limit(limit)
-    )
-    return [JobRecord.from_row(row) for row in session.scalars(query)]
-
-
 def requeue_orphans(
     session: Session, *, lease: timedelta, unsent_for: timedelta, limit: int = 500
 ) -> list[JobRecord]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import update
+
 from videoscore.core.jobspec import JobRequest
 from videoscore.core.names import JobStatus
 from videoscore.db import jobs
 from videoscore.db.migrate import current_revision
-from videoscore.db.models import utcnow
+from videoscore.db.models import Job, utcnow
 from videoscore.db.records import ScoreResult
 from videoscore.db.session import Database
 
@@ -126,20 +128,19 @@ def test_only_unstarted_jobs_can_be_cancelled(database_url: str) -> None:
         assert not jobs.cancel_job(s, started)
 
 
-def test_stuck_jobs_are_unsent_queued_ones_and_running_ones_with_stale_heartbeats(database_url: str) -> None:
+def test_only_the_holders_heartbeat_keeps_a_running_job_from_being_taken_for_an_orphan(database_url: str) -> None:
     db = Database(database_url)
-    unsent, sent, orphaned, alive = (_insert_one(db) for _ in range(4))
+    beating, silent = _insert_one(db), _insert_one(db)
     with db.transaction() as s:
-        jobs.mark_enqueued(s, [sent, orphaned, alive])
-        jobs.claim_job(s, orphaned, worker_host="dead", lease=LEASE)
-        jobs.claim_job(s, alive, worker_host="alive", lease=LEASE)
+        jobs.mark_enqueued(s, [beating, silent])
+        jobs.claim_job(s, beating, worker_host="w1", lease=LEASE)
+        jobs.claim_job(s, silent, worker_host="w2", lease=LEASE)
+        s.execute(update(Job).where(Job.id.in_([beating, silent])).values(heartbeat_at=utcnow() - 2 * LEASE))
     with db.transaction() as s:
-        stuck = jobs.stuck_jobs(s, unsent_for=timedelta(seconds=-1), lease=timedelta(seconds=-1))
-        jobs.heartbeat(s, [alive], worker_host="alive")
-        stuck_with_lease = jobs.stuck_jobs(s, unsent_for=timedelta(seconds=-1), lease=LEASE)
-    assert {j.id for j in stuck} == {unsent, orphaned, alive}
-    assert {j.id for j in stuck_with_lease} == {unsent}
-    assert utcnow().tzinfo is not None
+        jobs.heartbeat(s, [beating, silent], worker_host="w1")  # w1 holds only `beating`
+    with db.transaction() as s:
+        orphans = jobs.requeue_orphans(s, lease=LEASE, unsent_for=timedelta(hours=1))
+    assert [j.id for j in orphans] == [silent]
 
 
 def test_counts_by_status_per_batch(database_url: str) -> None:
