@@ -22,7 +22,7 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 @dataclass(frozen=True)
 class WorkerActivity:
-    worker_host: str
+    worker_host: str | None  # every claim sets it; the column is nullable
     running: int
     last_heartbeat: datetime | None
 
