@@ -2,36 +2,35 @@
 
 Delivery is at least once and persistence is idempotent: the claim (a conditional UPDATE) lets one delivery
 run a job, and the result is written only while that claim still holds, so duplicates are skipped and a
-late result from a superseded attempt is dropped. Errors are handled by kind: a PermanentError fails the job
-at once with its reason; a RetryableError hands the job back and re-sends its message after an exponential
-backoff with jitter, until the attempt budget is spent; an unexpected exception is retried the same way.
+late result from a superseded attempt is dropped. What a delivery comes to is a value (worker.service.decision):
+`decide` maps the attempt's outcome to it by error kind and attempt budget (a PermanentError fails the job at
+once with its reason; a RetryableError or an unexpected exception hands the job back and re-sends its message
+after an exponential backoff with jitter, until the attempt budget is spent), `run_score_job` persists it under
+the claim and returns it, and `apply_to_celery` is the one place where it meets Celery.
 
-The database may go away under a running task. Every statement runs through `_DatabaseGate`, which waits in
-place (keeping the message, and a finished result, in hand) for up to `db_wait_s`, so a short outage costs
-neither a re-score nor an attempt. Past that the message is re-sent; the row may then still be `running`
-under this worker's claim, which the redelivery may take back (`claim_job(reclaim_own=True)`, safe because
-this process holds at most one delivery of a job at a time) or, elsewhere, takes over once the lease runs out.
-If the broker refuses the re-send too, the message is returned unacknowledged so Redis redelivers it.
+The database may go away under a running task. Every statement runs through the `DatabaseGate`
+(worker.service.gate), which waits in place (keeping the message, and a finished result, in hand) for up to
+`db_wait_s`, so a short outage costs neither a re-score nor an attempt. Past that the message is re-sent; the
+row may then still be `running` under this worker's claim, which the redelivery may take back
+(`claim_job(reclaim_own=True)`, safe because this process holds at most one delivery of a job at a time) or,
+elsewhere, takes over once the lease runs out. If the broker refuses the re-send too, the message is returned
+unacknowledged so Redis redelivers it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from sqlalchemy import text
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
 
 from videoscore.core.errors import (
     AttemptsExhaustedError,
@@ -41,24 +40,28 @@ from videoscore.core.errors import (
     JobTimeLimitError,
     PermanentError,
     RetryableError,
-    VideoScoreError,
 )
 from videoscore.core.names import TASK_SCORE_JOB, is_job_id
 from videoscore.core.webhooks import fire_if_batch_complete
 from videoscore.db import jobs as job_queries
 from videoscore.db.records import JobRecord, ScoreResult
 from videoscore.worker.service import metrics
+from videoscore.worker.service.decision import (
+    Decision,
+    Dropped,
+    Failed,
+    Retry,
+    Skipped,
+    Succeeded,
+    Superseded,
+    decide,
+)
 from videoscore.worker.service.dedupe import scored_lookup
+from videoscore.worker.service.gate import DatabaseGate, describe
 from videoscore.worker.service.pipeline import score_one_job
-from videoscore.worker.service.retry import RetryPolicy
 from videoscore.worker.service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
-
-DB_DOWN = (OperationalError, InterfaceError)
-T = TypeVar("T")
-
-Requeue = Callable[[float], NoReturn]
 
 
 def register_tasks(app: Celery) -> None:
@@ -66,33 +69,44 @@ def register_tasks(app: Celery) -> None:
     # end the 4th re-send with MaxRetriesExceededError, acknowledging the message of a job left queued: lost.
     @app.task(name=TASK_SCORE_JOB, bind=True, max_retries=None)
     def score_job(self: Task, job_id: Any = None, *args: Any, **kwargs: Any) -> None:
-        def requeue(delay_s: float) -> NoReturn:
-            try:
-                raise self.retry(countdown=delay_s, max_retries=None)
-            except Reject as exc:  # Celery could not send the retry: keep this message instead of losing it
-                log.warning("could not re-send job %s (%s); returning its message to the broker", job_id, exc)
-                raise Reject(exc, requeue=True) from None
-
-        run_score_job(current_runtime(), job_id, requeue=requeue, redeliveries=self.request.retries or 0)
+        decision = run_score_job(current_runtime(), job_id, redeliveries=self.request.retries or 0)
+        apply_to_celery(self, job_id, decision)
 
 
-def run_score_job(runtime: Runtime, job_id: Any, *, requeue: Requeue, redeliveries: int = 0) -> None:
+def apply_to_celery(task: Task, job_id: Any, decision: Decision) -> None:
+    """The one adapter from a decision to Celery: a Retry re-sends the message; every other decision acks it."""
+    if isinstance(decision, (Retry, Superseded)) and decision.stop_worker:
+        _shut_down_worker()
+    if not isinstance(decision, Retry):
+        return
+    try:
+        raise task.retry(countdown=decision.delay_s, max_retries=None)
+    except Reject as exc:  # Celery could not send the retry: keep this message instead of losing it
+        log.warning("could not re-send job %s (%s); returning its message to the broker", job_id, exc)
+        raise Reject(exc, requeue=True) from None
+
+
+def run_score_job(runtime: Runtime, job_id: Any, *, redeliveries: int = 0) -> Decision:
+    """Run one delivery of a job's message and persist its outcome; what the message should become is returned.
+
+    `redeliveries` is how many times this message was re-sent already (Celery's `request.retries`).
+    """
     if not is_job_id(job_id):
         log.error("dropping malformed message: job id %r is not a job id", job_id)
         metrics.JOBS.labels("dropped").inc()
-        return
+        return Dropped(f"job id {job_id!r} is not a job id")
     if not runtime.try_hold(job_id):
         log.info("job %s is already running in this worker: duplicate delivery skipped", job_id)
         metrics.JOBS.labels("skipped").inc()
-        return
+        return Skipped("duplicate delivery: the job is already running in this worker")
     try:
-        _claim_and_run(runtime, job_id, requeue, redeliveries)
+        return _claim_and_run(runtime, job_id, redeliveries)
     finally:
         runtime.release(job_id)
 
 
-def _claim_and_run(runtime: Runtime, job_id: str, requeue: Requeue, redeliveries: int) -> None:
-    gate = _DatabaseGate(runtime)
+def _claim_and_run(runtime: Runtime, job_id: str, redeliveries: int) -> Decision:
+    gate = DatabaseGate(runtime.db, wait_s=runtime.settings.db_wait_s)
     policy = runtime.retry_policy
     try:
         job = gate.run(
@@ -102,75 +116,41 @@ def _claim_and_run(runtime: Runtime, job_id: str, requeue: Requeue, redeliveries
         )
     except DatabaseUnavailableError as exc:
         log.warning("job %s not claimed: %s; re-sending it", job_id, exc.message)
-        requeue(policy.delay_s(redeliveries + 1))
+        return Retry(policy.delay_s(redeliveries + 1), exc.message, kind=exc.kind)
     except SQLAlchemyError as exc:  # the database answers, but this job's row cannot be read
-        _fail_unreadable(gate, job_id, exc)
-        return
+        return _fail_unreadable(gate, job_id, exc)
     if job is None:
         log.info("job %s is not claimable (finished, cancelled, unknown or held by a live worker): skipped", job_id)
         metrics.JOBS.labels("skipped").inc()
-        return
-    if job.attempts > policy.max_attempts:
-        _record_failure(runtime, gate, job, AttemptsExhaustedError(
-            f"gave up after {job.attempts - 1} attempts; last error: {job.error_kind}: {job.error_message}"), requeue)
-        return
-    _run_claimed_job(runtime, gate, job, policy, requeue)
-
-
-def _run_claimed_job(runtime: Runtime, gate: "_DatabaseGate", job: JobRecord, policy: RetryPolicy,
-                     requeue: Requeue) -> None:
-    try:
-        result = _score_within_time_limit(runtime, job)
-    except PermanentError as exc:
-        _record_failure(runtime, gate, job, exc, requeue)
-        return
-    except FutureTimeout:
-        _record_failure(runtime, gate, job, JobTimeLimitError(
-            f"scoring did not finish within {runtime.limits.result_timeout_s:.0f}s (VIDEOSCORE_SCORE_TIMEOUT_S)"),
-            requeue)
-        return
-    except DeviceError as exc:
-        log.critical("device error on job %s: %s; this worker stops so it can be restarted", job.id, exc)
-        _release(runtime, gate, job, exc, requeue, policy, then=_shut_down_worker)
-        return
-    except RetryableError as exc:
-        _release(runtime, gate, job, exc, requeue, policy)
-        return
-    except Exception as exc:  # noqa: BLE001 - an unforeseen error: retried, but within the attempt budget
-        log.exception("unexpected error scoring job %s", job.id)
-        _release(runtime, gate, job, _InternalError(f"{type(exc).__name__}: {exc}"), requeue, policy)
-        return
-    started = time.perf_counter()
-    try:
-        written = gate.run(
-            lambda s: job_queries.complete_job(s, job.id, result, worker_host=runtime.worker_id,
-                                               attempt=job.attempts),
-            what=f"saving {job.id}",
-        )
-    except DatabaseUnavailableError as exc:
-        log.warning("job %s scored but not saved: %s; re-sending it", job.id, exc.message)
-        requeue(policy.delay_s(job.attempts))
-    metrics.STAGE_SECONDS.labels("persist").observe(time.perf_counter() - started)
-    metrics.STAGE_SECONDS.labels("download").observe(result.download_s)
-    metrics.STAGE_SECONDS.labels("decode").observe(result.decode_s)
-    if not written and _saved_by_us(gate, runtime, job):
-        written = True  # the first try committed but its answer was lost with the connection; the retry saw it
-    if written:
-        log.info("job %s succeeded (attempt %d)", job.id, job.attempts)
-        metrics.JOBS.labels("succeeded").inc()
-        fire_if_batch_complete(runtime.db, runtime.settings, job.batch)  # this job may have been its last one
+        return Skipped("not claimable: finished, cancelled, unknown or held by a live worker")
+    outcome: ScoreResult | Exception
+    if job.attempts > policy.max_attempts:  # earlier attempts ended without a word (their worker died)
+        outcome = AttemptsExhaustedError(
+            f"gave up after {job.attempts - 1} attempts; last error: {job.error_kind}: {job.error_message}")
     else:
-        log.warning("job %s was taken over by another worker before we saved it; our result is dropped", job.id)
-        metrics.JOBS.labels("superseded").inc()
+        outcome = _attempt(runtime, job)
+    if isinstance(outcome, DeviceError):
+        log.critical("device error on job %s: %s; this worker stops so it can be restarted", job.id, outcome)
+    decision = decide(outcome, attempt=job.attempts, policy=policy)
+    if isinstance(decision, Failed):
+        return _record_failure(runtime, gate, job, decision)
+    if isinstance(decision, Retry):
+        return _release(runtime, gate, job, decision)
+    assert isinstance(outcome, ScoreResult)
+    return _save(runtime, gate, job, outcome)
 
 
-def _saved_by_us(gate: "_DatabaseGate", runtime: Runtime, job: JobRecord) -> bool:
+def _attempt(runtime: Runtime, job: JobRecord) -> ScoreResult | Exception:
+    """One attempt at the job: its scores, or the exception it ended with (a spent time limit as time_limit)."""
     try:
-        row = gate.run(lambda s: job_queries.get_job(s, job.id), what=f"reading {job.id}")
-    except (SQLAlchemyError, DatabaseUnavailableError):
-        return False
-    return (row is not None and row.status == "succeeded" and row.worker_host == runtime.worker_id
-            and row.attempts == job.attempts)
+        return _score_within_time_limit(runtime, job)
+    except FutureTimeout:
+        return JobTimeLimitError(
+            f"scoring did not finish within {runtime.limits.result_timeout_s:.0f}s (VIDEOSCORE_SCORE_TIMEOUT_S)")
+    except Exception as exc:  # noqa: BLE001 - every error is decided on by kind (worker.service.decision)
+        if not isinstance(exc, (PermanentError, DeviceError, RetryableError)):
+            log.exception("unexpected error scoring job %s", job.id)
+        return exc
 
 
 def _score_within_time_limit(runtime: Runtime, job: JobRecord) -> ScoreResult:
@@ -201,129 +181,96 @@ def _score_within_time_limit(runtime: Runtime, job: JobRecord) -> ScoreResult:
         ) from None
 
 
-class _InternalError(RetryableError):
-    """An unexpected error inside the worker."""
-
-    kind = "internal_error"
+# --- persisting a decision under the claim: each may end Superseded, or as a Retry if the database is gone ---
 
 
-def _record_failure(runtime: Runtime, gate: "_DatabaseGate", job: JobRecord, exc: VideoScoreError,
-                    requeue: Requeue) -> None:
-    log.info("job %s failed: %s: %s", job.id, exc.kind, exc.message)
+def _save(runtime: Runtime, gate: DatabaseGate, job: JobRecord, result: ScoreResult) -> Decision:
+    started = time.perf_counter()
     try:
         written = gate.run(
-            lambda s: job_queries.fail_job(s, job.id, kind=exc.kind, message=exc.message,
+            lambda s: job_queries.complete_job(s, job.id, result, worker_host=runtime.worker_id,
+                                               attempt=job.attempts),
+            what=f"saving {job.id}",
+        )
+    except DatabaseUnavailableError as exc:
+        log.warning("job %s scored but not saved: %s; re-sending it", job.id, exc.message)
+        return Retry(runtime.retry_policy.delay_s(job.attempts), exc.message, kind=exc.kind)
+    metrics.STAGE_SECONDS.labels("persist").observe(time.perf_counter() - started)
+    metrics.STAGE_SECONDS.labels("download").observe(result.download_s)
+    metrics.STAGE_SECONDS.labels("decode").observe(result.decode_s)
+    if not written and _saved_by_us(gate, runtime, job):
+        written = True  # the first try committed but its answer was lost with the connection; the retry saw it
+    if written:
+        log.info("job %s succeeded (attempt %d)", job.id, job.attempts)
+        metrics.JOBS.labels("succeeded").inc()
+        fire_if_batch_complete(runtime.db, runtime.settings, job.batch)  # this job may have been its last one
+        return Succeeded()
+    log.warning("job %s was taken over by another worker before we saved it; our result is dropped", job.id)
+    metrics.JOBS.labels("superseded").inc()
+    return Superseded()
+
+
+def _saved_by_us(gate: DatabaseGate, runtime: Runtime, job: JobRecord) -> bool:
+    try:
+        row = gate.run(lambda s: job_queries.get_job(s, job.id), what=f"reading {job.id}")
+    except (SQLAlchemyError, DatabaseUnavailableError):
+        return False
+    return (row is not None and row.status == "succeeded" and row.worker_host == runtime.worker_id
+            and row.attempts == job.attempts)
+
+
+def _record_failure(runtime: Runtime, gate: DatabaseGate, job: JobRecord, failed: Failed) -> Decision:
+    log.info("job %s failed: %s: %s", job.id, failed.kind, failed.message)
+    try:
+        written = gate.run(
+            lambda s: job_queries.fail_job(s, job.id, kind=failed.kind, message=failed.message,
                                            worker_host=runtime.worker_id, attempt=job.attempts),
             what=f"failing {job.id}",
         )
-    except DatabaseUnavailableError:
-        requeue(runtime.retry_policy.delay_s(job.attempts))
+    except DatabaseUnavailableError as exc:
+        return Retry(runtime.retry_policy.delay_s(job.attempts), exc.message, kind=exc.kind)
     if written:
         metrics.JOBS.labels("failed").inc()
-        metrics.FAILURES.labels(exc.kind).inc()
+        metrics.FAILURES.labels(failed.kind).inc()
         fire_if_batch_complete(runtime.db, runtime.settings, job.batch)
-    else:
-        metrics.JOBS.labels("superseded").inc()
+        return failed
+    metrics.JOBS.labels("superseded").inc()
+    return Superseded()
 
 
-def _release(runtime: Runtime, gate: "_DatabaseGate", job: JobRecord, exc: VideoScoreError, requeue: Requeue,
-             policy: RetryPolicy, then: Callable[[], None] | None = None) -> None:
-    if not policy.should_retry(job.attempts):
-        _record_failure(runtime, gate, job, AttemptsExhaustedError(
-            f"gave up after {job.attempts} attempts; last error: {exc.kind}: {exc.message}"), requeue)
-        return
-    delay = policy.delay_s(job.attempts)
-    log.warning("job %s attempt %d: %s: %s; retrying in %.1fs", job.id, job.attempts, exc.kind, exc.message, delay)
+def _release(runtime: Runtime, gate: DatabaseGate, job: JobRecord, retry: Retry) -> Decision:
+    log.warning("job %s attempt %d: %s: %s; retrying in %.1fs", job.id, job.attempts, retry.kind, retry.reason,
+                retry.delay_s)
     try:
         released = gate.run(
-            lambda s: job_queries.release_for_retry(s, job.id, kind=exc.kind, message=exc.message,
+            lambda s: job_queries.release_for_retry(s, job.id, kind=retry.kind, message=retry.reason,
                                                     worker_host=runtime.worker_id, attempt=job.attempts),
             what=f"releasing {job.id}",
         )
     except DatabaseUnavailableError:
         released = True  # still 'running' under our claim: the re-sent message may re-claim it (see module doc)
-    if then is not None:
-        then()
     if not released:
         log.warning("job %s was taken over by another worker; not re-sending it", job.id)
         metrics.JOBS.labels("superseded").inc()
-        return
+        return Superseded(stop_worker=retry.stop_worker)
     metrics.JOBS.labels("retried").inc()
-    requeue(delay)
+    return retry
 
 
-def _fail_unreadable(gate: "_DatabaseGate", job_id: str, exc: SQLAlchemyError) -> None:
-    error = InvalidJobError(f"the job's row cannot be read: {_describe(exc)}")
+def _fail_unreadable(gate: DatabaseGate, job_id: str, exc: SQLAlchemyError) -> Decision:
+    error = InvalidJobError(f"the job's row cannot be read: {describe(exc)}")
     log.error("job %s failed: %s: %s", job_id, error.kind, error.message)
     try:
         gate.run(lambda s: job_queries.fail_unclaimable(s, job_id, kind=error.kind, message=error.message),
                  what=f"failing {job_id}")
     except SQLAlchemyError as again:
-        log.error("job %s could not be marked failed either (%s); dropping its message", job_id, _describe(again))
-        return
+        log.error("job %s could not be marked failed either (%s); dropping its message", job_id, describe(again))
+        return Dropped(f"the job's row cannot be read or failed: {describe(again)}")
     metrics.JOBS.labels("failed").inc()
     metrics.FAILURES.labels(error.kind).inc()
+    return Failed(error.kind, error.message)
 
 
 def _shut_down_worker() -> None:
     # SIGTERM is Celery's warm shutdown: other in-flight jobs finish, then the process exits for a restart.
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-class _DatabaseGate:
-    """Runs one unit of work in a transaction, waiting in place while the database is unreachable.
-
-    Unreachable means the statement failed with a connection-level error *and* a `SELECT 1` fails too. If the
-    probe answers, the statement is retried twice more and then its error is raised as is: the database is
-    up and something about this job's row is wrong (e.g. text that is not valid UTF-8 in SQLite).
-    """
-
-    FIRST_DELAY_S = 0.25
-    MAX_DELAY_S = 5.0
-    ATTEMPTS_WHEN_REACHABLE = 3
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    def run(self, work: Callable[[Session], T], *, what: str) -> T:
-        wait_s = self.runtime.settings.db_wait_s
-        deadline = time.monotonic() + wait_s
-        delay = self.FIRST_DELAY_S
-        failures_while_reachable = 0
-        warned = False
-        while True:
-            try:
-                with self.runtime.db.transaction() as session:
-                    return work(session)
-            except DB_DOWN as exc:
-                if self._reachable():
-                    failures_while_reachable += 1
-                    if failures_while_reachable >= self.ATTEMPTS_WHEN_REACHABLE:
-                        raise
-                    time.sleep(0.05 * failures_while_reachable)
-                    continue
-                if time.monotonic() + delay > deadline:
-                    raise DatabaseUnavailableError(
-                        f"database unreachable for {wait_s:.0f}s while {what} ({_describe(exc)})"
-                    ) from None
-                if not warned:
-                    log.warning("database unreachable while %s (%s); waiting up to %.0fs", what, _describe(exc),
-                                wait_s)
-                    warned = True
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(self.MAX_DELAY_S, delay * 2)
-
-    def _reachable(self) -> bool:
-        try:
-            with self.runtime.db.transaction() as session:
-                session.execute(text("SELECT 1"))
-            return True
-        except SQLAlchemyError:
-            return False
-
-
-def _describe(exc: BaseException) -> str:
-    """The driver's own first line (no SQL, no parameters, no connection string)."""
-    orig = getattr(exc, "orig", None) or exc
-    first = (str(orig).strip().splitlines() or [""])[0]
-    return f"{type(orig).__name__}: {first[:300]}"
