@@ -2,6 +2,7 @@
 
 One table (`BAD_INPUTS`) and one writer (`write_bad_media`) that the suites share: what each bad input
 is, which object it needs in S3, and the error kind plus a fragment of the message it must end with.
+`MALFORMED_JOB_IDS` are messages that name no job: they are dropped, not failed (there is no row to fail).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ class BadInput:
     kind: str
     fragment: str
     prompt: str | None = None  # None: a short prompt naming the label
+    model: str | None = None  # None: the suite's model
+    # Bytes another program writes into the prompt column after the row is inserted: SQLite keeps them as they
+    # are, PostgreSQL could not store them (the producer refuses such a prompt at submit).
+    raw_prompt: bytes | None = None
 
 
 BAD_INPUTS = [
@@ -35,8 +40,14 @@ BAD_INPUTS = [
     BadInput("zero frames", "s3://{bucket}/zero-frames.mkv", "video_decode_error", "no frames"),
     BadInput("huge resolution", "s3://{bucket}/huge-resolution.mp4", "video_too_large", "1280"),
     BadInput("huge file", "s3://{bucket}/huge-file.mp4", "video_too_large", "VIDEOSCORE_MAX_VIDEO_BYTES"),
-    BadInput("over-long prompt", "s3://{bucket}/good.mp4", "prompt_too_long", "", prompt="word " * 60_000),
+    BadInput("over-long prompt", "s3://{bucket}/good.mp4", "prompt_too_long", "tokens", prompt="word " * 60_000),
+    BadInput("unknown model", "s3://{bucket}/good.mp4", "unknown_model", "nobody/NoSuchModel",
+             model="nobody/NoSuchModel"),
+    BadInput("non-UTF-8 prompt", "s3://{bucket}/good.mp4", "invalid_job", "cannot be read",
+             raw_prompt=b"caf\xe9 au lait"),
 ]
+
+MALFORMED_JOB_IDS = ["not-a-job-id", None]  # None: a message sent with no arguments at all
 
 
 def write_bad_media(folder: Path) -> dict[str, Path]:
