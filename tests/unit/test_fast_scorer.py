@@ -1,5 +1,6 @@
 """The fast stand-in scorer: labelled a stand-in, deterministic, cheap, and keeping a call log that survives
-a SIGKILL (each line is written before the score is returned)."""
+a SIGKILL (each line is written before the score is returned); a scorer the engine and the worker's metering
+take as they take the model's."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import numpy as np
 import pytest
 
 from videoscore.core.errors import PromptTooLongError
+from videoscore.core.settings import Settings
 from videoscore.core.variants import DEFAULT_MODEL, resolve_model
-from videoscore.worker.model.scorer import ScoreRequest
-from videoscore.worker.testing.fast_scorer import FastScorer, build_fast_stand_in, is_fast_stand_in, prompt_digest
+from videoscore.worker.model.scorer import ScoreRequest, ScorerProtocol
+from videoscore.worker.service import metrics, runtime
+from videoscore.worker.testing.fast_scorer import (
+    FAST_SCORER,
+    FastScorer,
+    build_fast_stand_in,
+    is_fast_stand_in,
+    prompt_digest,
+)
 
 
 def _frames(value: int) -> list[np.ndarray]:
@@ -44,3 +53,22 @@ def test_an_over_long_prompt_and_the_fail_marker_raise(tmp_path: Path) -> None:
         scorer.check_prompt("word " * 1000, 2)
     with pytest.raises(RuntimeError, match="asked to fail"):
         scorer.score([ScoreRequest(frames=_frames(1), prompt="x #stand-in:fail")])
+
+
+def test_the_workers_metered_scorer_is_the_scorer_it_wraps_and_counts_each_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(runtime.ALTERNATIVE_SCORERS, FAST_SCORER, FastScorer.load)
+    spec = resolve_model(str(build_fast_stand_in(tmp_path / "fast", max_tokens=500)))
+    metered, plain = runtime.load_scorer(spec, Settings()), FastScorer.load(spec)
+    assert isinstance(metered, ScorerProtocol) and isinstance(plain, ScorerProtocol)
+    assert (metered.spec, metered.revision, metered.device, metered.max_tokens) == (
+        plain.spec, plain.revision, plain.device, plain.max_tokens)
+    requests = [ScoreRequest(frames=_frames(10), prompt="a"), ScoreRequest(frames=_frames(200), prompt="b")]
+    batches_before = metrics.REGISTRY.get_sample_value("videoscore_batch_size_count") or 0.0
+    assert metered.score(requests).scores == plain.score(requests).scores
+    assert metrics.REGISTRY.get_sample_value("videoscore_batch_size_count") == batches_before + 1
+    with pytest.raises(PromptTooLongError, match="accepts 500"):
+        metered.check_prompt("word " * 1000, 2)
+    metered.close()
+    plain.close()

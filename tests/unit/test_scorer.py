@@ -22,6 +22,7 @@ from videoscore.worker.model.scorer import (
     BatchResult,
     Scorer,
     ScoreRequest,
+    ScorerProtocol,
     _device_errors,
     resolve_device,
 )
@@ -58,6 +59,7 @@ def test_load_picks_the_cpu_in_fp32_with_sdpa_and_knows_the_checkpoints_revision
     assert scorer._model.config._attn_implementation == "sdpa"
     assert len(scorer.revision) == 16 and int(scorer.revision, 16) >= 0
     assert scorer.spec.stand_in
+    assert isinstance(scorer, ScorerProtocol)  # what the engine and the worker's metering take
 
 
 def test_the_revision_is_stable_and_tells_checkpoints_apart(scorer, stand_in_checkpoint, tmp_path):

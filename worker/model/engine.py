@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from videoscore.core.errors import DeviceError, VideoScoreError
 from videoscore.core.variants import ModelSpec
-from videoscore.worker.model.scorer import AspectScores, Scorer, ScoreRequest
+from videoscore.worker.model.scorer import AspectScores, ScoreRequest, ScorerProtocol
 
 log = logging.getLogger(__name__)
 
-ScorerLoader = Callable[[ModelSpec], Scorer]
+ScorerLoader = Callable[[ModelSpec], ScorerProtocol]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Engine:
         self.batch_size = max(1, batch_size)
         self.batch_wait_s = max(0, batch_wait_ms) / 1000
         self._inbox: queue.Queue[_Item] = queue.Queue()
-        self._scorer: Scorer | None = None
+        self._scorer: ScorerProtocol | None = None
         self._thread = threading.Thread(target=self._run, name="videoscore-engine", daemon=True)
         self._fatal: BaseException | None = None
         self.batches_run = 0
@@ -129,7 +129,7 @@ class Engine:
         except VideoScoreError as exc:
             log.error("could not preload %s: %s", spec.label, exc)
 
-    def _scorer_for(self, spec: ModelSpec) -> Scorer:
+    def _scorer_for(self, spec: ModelSpec) -> ScorerProtocol:
         if self._scorer is None or self._scorer.spec != spec:
             if self._scorer is not None:
                 self._scorer.close()  # one model on the device at a time
@@ -178,7 +178,7 @@ class Engine:
             )
 
     @staticmethod
-    def _prompt_fits(scorer: Scorer, item: _Pending) -> bool:
+    def _prompt_fits(scorer: ScorerProtocol, item: _Pending) -> bool:
         try:
             scorer.check_prompt(item.request.prompt, len(item.request.frames))
         except VideoScoreError as exc:

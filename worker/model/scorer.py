@@ -1,6 +1,8 @@
 """The scoring engine: load a VideoScore checkpoint once, then turn batches of frames + prompts into scores.
 
-This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score`` … → ``close``). What differs
+This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score`` … → ``close``), and
+``ScorerProtocol``, what the engine asks of any scorer (this one, the fast stand-in of the test fleet, the
+runtime's metering wrapper). What differs
 between model families -- the model class, the processor, how frames and prompt become tensors -- is the
 family's recipe (``worker.recipes``): for Idefics2 the model card's (frames become PIL images with
 ``Image.fromarray``, the prompt is the card's regression query with one ``<image>`` per frame), for Qwen2-VL
@@ -16,10 +18,11 @@ import hashlib
 import re
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -77,8 +80,51 @@ class BatchResult:
     forward_s: float  # the forward pass, until the logits are on the host
 
 
+@runtime_checkable
+class ScorerProtocol(Protocol):
+    """A loaded scorer, as the engine uses it: load (each kind its own way) → ``warm_up`` → ``check_prompt`` and
+    ``score`` … → ``close``. ``Scorer`` (the model) and ``worker.testing.fast_scorer.FastScorer`` implement it."""
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model it serves."""
+        ...
+
+    @property
+    def revision(self) -> str:
+        """The checkpoint's revision, stored with every score it gives."""
+        ...
+
+    @property
+    def device(self) -> torch.device | str:
+        """Where it runs (for logs)."""
+        ...
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input, prompt plus frames, in tokens, that it accepts."""
+        ...
+
+    def warm_up(self) -> None:
+        """Pay the first batch's one-off costs now."""
+        ...
+
+    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
+        """Raise a PermanentError if ``prompt`` with ``num_frames`` frames (default: the variant's) cannot be scored."""
+        ...
+
+    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
+        """Score a batch; scores come back in request order."""
+        ...
+
+    def close(self) -> None:
+        """Give back what it holds (the model, the device's memory, open files)."""
+        ...
+
+
 class Scorer:
-    """A loaded VideoScore model and its processor, ready to score batches. Build it with ``Scorer.load``."""
+    """A loaded VideoScore model and its processor, ready to score batches (a ``ScorerProtocol``). Build it with
+    ``Scorer.load``."""
 
     def __init__(
         self,
@@ -131,7 +177,8 @@ class Scorer:
                 if _is_device_failure(exc):
                     raise  # ...unless the accelerator failed: _device_errors makes that a DeviceError
                 raise ModelLoadError(f"could not load {spec.label}: {exc}") from exc
-            model = model.to(torch_device).eval()
+            # transformers declares PreTrainedModel.to with functools.wraps, which mypy cannot bind to an instance
+            model = model.to(torch_device).eval()  # type: ignore[arg-type]
         return cls(spec, processor, model, torch_device, torch_dtype, checkpoint_revision(spec.source), recipe)
 
     def warm_up(self) -> None:
@@ -209,7 +256,7 @@ class Scorer:
             token = self._tokenizer.convert_ids_to_tokens(self._pad_token_id)
             raise InvalidJobError(f"prompt contains the reserved token {token!r}")
 
-    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _to_device(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensors = {}
         for key, value in inputs.items():
             if key in self._recipe.pixel_keys:

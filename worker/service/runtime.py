@@ -13,22 +13,25 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from videoscore.core.errors import ModelLoadError
 from videoscore.core.settings import Settings
 from videoscore.core.variants import STAND_IN_MARKER, ModelSpec
 from videoscore.db.session import Database
-from videoscore.worker.model.engine import Engine
-from videoscore.worker.model.scorer import BatchResult, Scorer, ScoreRequest
+from videoscore.worker.model.engine import Engine, ScorerLoader
+from videoscore.worker.model.scorer import BatchResult, Scorer, ScoreRequest, ScorerProtocol
 from videoscore.worker.service import metrics
 from videoscore.worker.service.pipeline import StageLimits
 from videoscore.worker.service.retry import RetryPolicy
 from videoscore.worker.video.storage import VideoStore
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -83,30 +86,52 @@ class Runtime:
         )
 
 
-class _MeteredScorer:
-    """A scorer that reports each batch's size and timings to the metrics; everything else passes through."""
+class _MeteredScorer(ScorerProtocol):
+    """The scorer it wraps, reporting each batch's size and timings to the metrics."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: ScorerProtocol) -> None:
         self._inner = inner
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    @property
+    def spec(self) -> ModelSpec:
+        return self._inner.spec
 
-    def score(self, requests: list[ScoreRequest]) -> BatchResult:
-        result: BatchResult = self._inner.score(requests)
+    @property
+    def revision(self) -> str:
+        return self._inner.revision
+
+    @property
+    def device(self) -> torch.device | str:
+        return self._inner.device
+
+    @property
+    def max_tokens(self) -> int:
+        return self._inner.max_tokens
+
+    def warm_up(self) -> None:
+        self._inner.warm_up()
+
+    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
+        self._inner.check_prompt(prompt, num_frames)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
+        result = self._inner.score(requests)
         metrics.BATCH_SIZE.observe(len(requests))
         metrics.STAGE_SECONDS.labels("preprocess").observe(result.preprocess_s)
         metrics.STAGE_SECONDS.labels("forward").observe(result.forward_s)
         return result
 
+    def close(self) -> None:
+        self._inner.close()
+
 
 # Scorers other than the model's own, by the "scorer" a checkpoint folder's videoscore.json names. Empty in a
 # production worker: the fast stand-in (and its fault injection) registers itself only in the test fleet's
 # entry point, videoscore.worker.testing.fleet_worker. A job naming such a folder elsewhere fails to load.
-ALTERNATIVE_SCORERS: dict[str, Callable[[ModelSpec], Any]] = {}
+ALTERNATIVE_SCORERS: dict[str, ScorerLoader] = {}
 
 
-def register_scorer(name: str, load: Callable[[ModelSpec], Any]) -> None:
+def register_scorer(name: str, load: ScorerLoader) -> None:
     ALTERNATIVE_SCORERS[name] = load
 
 
@@ -121,7 +146,7 @@ def scorer_named_by(spec: ModelSpec) -> str | None:
     return str(name) if name else None
 
 
-def load_scorer(spec: ModelSpec, settings: Settings) -> Any:
+def load_scorer(spec: ModelSpec, settings: Settings) -> ScorerProtocol:
     """The model's scorer (or a registered alternative that a stand-in folder names), metered."""
     name = scorer_named_by(spec)
     if name is None:

@@ -83,7 +83,7 @@ def is_fast_stand_in(source: str) -> bool:
 
 
 class FastScorer:
-    """Same lifecycle and batch interface as `worker.scorer.Scorer`; scores are a hash of pixels and prompt."""
+    """A `ScorerProtocol` (worker.model.scorer), as the model's `Scorer` is; scores are a hash of pixels and prompt."""
 
     device = "cpu"
 
@@ -142,7 +142,8 @@ class FastScorer:
         pixels = float(np.mean([frame[::8, ::8].mean() for frame in request.frames])) if request.frames else 0.0
         seed = zlib.crc32(request.prompt.encode("utf-8", "surrogatepass")) ^ int(pixels * 1000)
         # five numbers in [1, 4], the range of VideoScore's aspects
-        return AspectScores.from_logits([1.0 + 3.0 * (((seed >> (5 * i)) & 0xFFFF) / 0xFFFF) for i in range(len(ASPECTS))])
+        return AspectScores.from_logits([1.0 + 3.0 * (((seed >> (5 * i)) & 0xFFFF) / 0xFFFF)
+                                         for i in range(len(ASPECTS))])
 
     def _log_call(self, prompt: str) -> None:
         if self._log_fd is None:
