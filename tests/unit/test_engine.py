@@ -158,7 +158,7 @@ def test_a_model_that_cannot_load_fails_its_batch_and_the_engine_keeps_serving(m
             raise ModelLoadError("no weights in this folder")
         return FastScorer(spec, max_tokens=1000, call_log_dir=None)
 
-    engine = Engine(load, batch_size=2)  # type: ignore[arg-type]
+    engine = Engine(load, batch_size=2)
     engine.start()
     try:
         [failed] = _results([engine.submit(broken, _request("on the broken model"))])

@@ -34,6 +34,7 @@ from videoscore.db.migrate import upgrade
 from videoscore.db.records import JobRecord
 from videoscore.db.session import Database
 from videoscore.worker.model.engine import Engine
+from videoscore.worker.model.scorer import ScorerProtocol
 from videoscore.worker.service.decision import Decision, Retry
 from videoscore.worker.service.runtime import Runtime
 from videoscore.worker.service.tasks import run_score_job
@@ -70,7 +71,7 @@ class JobState:
     worker_host: str | None
 
 
-def load_fast_stand_in(spec: ModelSpec) -> Any:
+def load_fast_stand_in(spec: ModelSpec) -> ScorerProtocol:
     """The engine's loader: the fast stand-in for folders built by `build_fast_stand_in`, nothing else."""
     if not is_fast_stand_in(spec.source):
         raise ModelLoadError(f"{spec.name} is not a fast stand-in folder; the harness scores with no other model")
