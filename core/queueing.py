@@ -17,10 +17,9 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from videoscore.core.names import TASK_SCORE_JOB, is_job_id
+from videoscore.core.names import JOBS_PER_CHUNK, TASK_SCORE_JOB, is_job_id
 from videoscore.core.settings import Settings
 from videoscore.core.variants import VARIANTS
-from videoscore.db.jobs import JOBS_PER_CHUNK
 
 PRIORITY_SUFFIX = {"high": ".high", "normal": "", "low": ".low"}
 

@@ -22,14 +22,10 @@ from sqlalchemy.orm import Session
 
 from videoscore.core.errors import WorkerLostError
 from videoscore.core.jobspec import JobRequest
-from videoscore.core.names import JobStatus
+from videoscore.core.names import JOBS_PER_CHUNK, JobStatus
 from videoscore.db.models import Job, utcnow
 from videoscore.db.records import JobRecord, ScoreResult
 
-JOBS_PER_CHUNK = 5_000
-"""Jobs per bulk step: per submit transaction (producer.client), per INSERT and IN (…) list here, per pipelined
-LPUSH (core.queueing), per page of an export (db.queries.iter_jobs). Well under SQLite's 32,766 bound
-parameters per statement."""
 MAX_ERROR_MESSAGE_CHARS = 4_000
 """Longest error message stored with a job; longer ones are cut."""
 
