@@ -3,7 +3,7 @@ frames → stand-in model → database → producer, on SQLite and on PostgreSQL
 
 The worker is the real `videoscore worker` command in its own process; S3 is moto's HTTP server; Redis is a
 real redis-server. Scores read back from the database must equal those of calling the scorer directly.
-Bad inputs, malformed messages and faults are the chaos suite's (tests/chaos/test_bad_inputs.py).
+Bad inputs, malformed messages and faults are the chaos suite's (tests/integration/test_bad_inputs.py).
 """
 
 from __future__ import annotations
