@@ -120,6 +120,12 @@ def test_a_device_error_is_retried_and_stops_the_worker() -> None:
     assert isinstance(decision, Retry) and decision.stop_worker and decision.kind == "device_error"
 
 
+def test_a_device_error_on_the_last_attempt_fails_the_job_and_still_stops_the_worker() -> None:
+    decision = decide(DeviceError("CUDA error: an illegal memory access"), attempt=POLICY.max_attempts,
+                      policy=POLICY)
+    assert isinstance(decision, Failed) and decision.kind == "attempts_exhausted" and decision.stop_worker
+
+
 def test_only_a_device_error_stops_the_worker() -> None:
     for error in (StorageUnavailableError(), RuntimeError("boom")):
         decision = decide(error, attempt=1, policy=POLICY)

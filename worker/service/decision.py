@@ -31,10 +31,14 @@ class Succeeded:
 
 @dataclass(frozen=True)
 class Failed:
-    """The job fails for good with this kind and message (what the database stores)."""
+    """The job fails for good with this kind and message (what the database stores).
+
+    `stop_worker`: the last attempt's error was the device's, so this process stops too, to be restarted.
+    """
 
     kind: str
     message: str
+    stop_worker: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def decide(outcome: ScoreResult | Exception, *, attempt: int, policy: RetryPolic
     Scores: succeeded. A PermanentError (a time limit, a missing video, spent attempts...): failed at once with
     its kind. A RetryableError, a DeviceError or any unexpected exception: retried after the policy's backoff,
     or failed as `attempts_exhausted` naming the last error once the budget is spent. A device error also stops
-    the worker, but only when the job is retried.
+    the worker, whether the job is retried or has spent its attempts (a broken CUDA context is not reused).
     """
     if not isinstance(outcome, Exception):
         return Succeeded()
@@ -100,6 +104,7 @@ def decide(outcome: ScoreResult | Exception, *, attempt: int, policy: RetryPolic
         error = InternalError(f"{type(outcome).__name__}: {outcome}")
     if not policy.should_retry(attempt):
         return Failed(AttemptsExhaustedError.kind,
-                      f"gave up after {attempt} attempts; last error: {error.kind}: {error.message}")
+                      f"gave up after {attempt} attempts; last error: {error.kind}: {error.message}",
+                      stop_worker=isinstance(error, DeviceError))
     return Retry(policy.delay_s(attempt, rng), error.message, kind=error.kind,
                  stop_worker=isinstance(error, DeviceError))

@@ -75,7 +75,7 @@ def register_tasks(app: Celery) -> None:
 
 def apply_to_celery(task: Task, job_id: Any, decision: Decision) -> None:
     """The one adapter from a decision to Celery: a Retry re-sends the message; every other decision acks it."""
-    if isinstance(decision, (Retry, Superseded)) and decision.stop_worker:
+    if isinstance(decision, (Retry, Superseded, Failed)) and decision.stop_worker:
         _shut_down_worker()
     if not isinstance(decision, Retry):
         return
@@ -228,14 +228,15 @@ def _record_failure(runtime: Runtime, gate: DatabaseGate, job: JobRecord, failed
             what=f"failing {job.id}",
         )
     except DatabaseUnavailableError as exc:
-        return Retry(runtime.retry_policy.delay_s(job.attempts), exc.message, kind=exc.kind)
+        return Retry(runtime.retry_policy.delay_s(job.attempts), exc.message, kind=exc.kind,
+                     stop_worker=failed.stop_worker)
     if written:
         metrics.JOBS.labels("failed").inc()
         metrics.FAILURES.labels(failed.kind).inc()
         fire_if_batch_complete(runtime.db, runtime.settings, job.batch)
         return failed
     metrics.JOBS.labels("superseded").inc()
-    return Superseded()
+    return Superseded(stop_worker=failed.stop_worker)
 
 
 def _release(runtime: Runtime, gate: DatabaseGate, job: JobRecord, retry: Retry) -> Decision:
