@@ -140,8 +140,9 @@ def test_only_a_device_error_stops_the_worker() -> None:
 def test_an_error_on_the_last_attempt_fails_the_job_as_attempts_exhausted_naming_the_last_error(
     error: Exception, last: str,
 ) -> None:
-    assert decide(error, attempt=3, policy=POLICY) == Failed(
-        "attempts_exhausted", f"gave up after 3 attempts; last error: {last}")
+    decision = decide(error, attempt=3, policy=POLICY)
+    assert isinstance(decision, Failed)
+    assert (decision.kind, decision.message) == ("attempts_exhausted", f"gave up after 3 attempts; last error: {last}")
 
 
 def test_every_attempt_within_the_budget_is_retried_and_the_one_that_spends_it_fails() -> None:
