@@ -6,15 +6,13 @@ over SQLite and PostgreSQL, so each database test runs against both.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from videoscore.db.migrate import upgrade
-from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
+from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server, running_postgres
 
 pytest_plugins = ["tests.model_fixtures"] if (Path(__file__).parent / "model_fixtures.py").exists() else []
 
@@ -37,15 +35,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
-    workdir = Path(tempfile.mkdtemp(prefix="videoscore-pg-"))
-    server = PostgresServer(workdir)
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -6,8 +6,6 @@ Every scenario calls `report(figures)`: the line is printed in pytest's terminal
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.cluster import Cluster, Figures, build_cluster
-from videoscore.worker.testing.servers import PostgresServer
+from videoscore.worker.testing.servers import PostgresServer, running_postgres
 
 FIGURES_LOG = Path(__file__).resolve().parents[2] / "var" / "chaos-figures.log"
 _KEY = pytest.StashKey[list[str]]()
@@ -69,11 +67,5 @@ def cluster(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Cluster
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the test's own, for scenarios that stop it."""
-    workdir = Path(tempfile.mkdtemp(prefix="videoscore-chaos-pg-"))
-    server = PostgresServer(workdir)
-    try:
-        server.start()
+    with running_postgres("videoscore-chaos-pg-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)

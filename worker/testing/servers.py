@@ -18,9 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -155,6 +158,22 @@ def _pg_binary(name: str) -> str:
     if not candidates:
         raise RuntimeError(f"PostgreSQL's {name} not found: apt-get install postgresql")
     return candidates[-1]
+
+
+@contextmanager
+def running_postgres(prefix: str = "videoscore-pg-") -> Iterator["PostgresServer"]:
+    """A PostgreSQL server of its own for the block, in a fresh folder that is removed afterwards.
+
+    The folder is not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    server = PostgresServer(workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class PostgresServer:
