@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from videoscore.core.errors import InvalidJobError, PromptTooLongError
-from videoscore.core.variants import DEFAULT_MODEL, resolve_model
+from videoscore.core.variants import MAX_MODEL_NAME_CHARS, ModelPolicy
 
 ALLOWED_SCHEMES = ("s3", "file")
 MAX_TAGS = 32
@@ -25,7 +25,9 @@ class JobRequest(BaseModel):
     video_uri: str = Field(json_schema_extra={"pattern": r"^(s3://[^/]+/.+|file:///.+)$",
                                               "examples": ["s3://gen-videos/run42/0001.mp4"]})
     prompt: str = Field(json_schema_extra={"pattern": r"\S", "examples": ["a cat surfing a wave at sunset"]})
-    model: str = Field(DEFAULT_MODEL, description="A VideoScore hub id (see core.variants) or a local folder")
+    model: str = Field("", max_length=MAX_MODEL_NAME_CHARS, description=(
+        "A VideoScore hub id (see core.variants) or a checkpoint folder inside the model roots "
+        "(VIDEOSCORE_MODEL_ROOTS); empty or absent: the deployment's default model (VIDEOSCORE_MODEL)"))
     batch: str | None = Field(None, max_length=200)
     tags: dict[str, str] = Field(default_factory=dict, json_schema_extra={
         "maxProperties": MAX_TAGS, "propertyNames": {"minLength": 1, "maxLength": 100},
@@ -84,16 +86,22 @@ def _storable(text: str) -> str:
     return text
 
 
-def validate_job(raw: dict[str, Any] | JobRequest, *, max_prompt_chars: int) -> JobRequest:
-    """Parse and check a job request; raise an InvalidJobError subclass naming what is wrong."""
+def validate_job(raw: dict[str, Any] | JobRequest, *, max_prompt_chars: int,
+                 models: ModelPolicy = ModelPolicy()) -> JobRequest:
+    """Parse and check a job request; raise an InvalidJobError subclass naming what is wrong.
+
+    The job that comes back names its model by its one name (``models.resolve``): the default model when it named
+    none, a folder by its real path. ``models`` is the deployment's (``ModelPolicy.of(settings)``); without it
+    only the registered hub ids are allowed, and the hub's v1.1 is the default.
+    """
     try:
         job = raw if isinstance(raw, JobRequest) else JobRequest.model_validate(raw)
     except ValidationError as exc:
         raise InvalidJobError(_describe_validation_error(exc)) from None
     if len(job.prompt) > max_prompt_chars:
         raise PromptTooLongError(f"prompt has {len(job.prompt)} characters; the limit is {max_prompt_chars}")
-    resolve_model(job.model)  # raises UnknownModelError with the list of known variants
-    return job
+    model = models.resolve(job.model).name  # raises UnknownModelError with the list of known variants
+    return job if model == job.model else job.model_copy(update={"model": model})
 
 
 def _describe_validation_error(exc: ValidationError) -> str:

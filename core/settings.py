@@ -54,6 +54,17 @@ class Settings(BaseSettings):
 
     # the model
     model: str = Field(DEFAULT_MODEL, description="Default model: hub id or local checkpoint folder")
+    model_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders whose checkpoints jobs may name (JSON list; symlinks and .. resolved first); empty: "
+        "jobs may name the registered hub ids and the default model only",
+    )
+    model_load_retry_after_s: float = Field(
+        300.0, description="After a model fails to load, jobs naming it fail at once (model_load_error) this long"
+    )
+    model_switch_after_s: float = Field(
+        60.0, description="Longest the loaded model keeps the device, once loaded, while jobs for another model wait"
+    )
     num_frames: int | None = Field(None, description="Override the variant's frame count (rarely needed)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Model dtype; auto means bf16 on GPU, fp32 on CPU"

@@ -11,6 +11,7 @@ from videoscore.core.jobspec import JobRequest, validate_job
 from videoscore.core.names import TERMINAL_STATUSES
 from videoscore.core.queueing import enqueue_pipelined, make_celery_app, queue_for
 from videoscore.core.settings import Settings
+from videoscore.core.variants import ModelPolicy
 from videoscore.core.webhooks import check_webhook_url, fire_if_batch_complete
 from videoscore.db import jobs as job_queries
 from videoscore.db import queries
@@ -60,7 +61,8 @@ class Client:
         Each chunk is one transaction, committed before its messages are sent; a producer that dies between
         the two leaves rows the workers' reaper re-sends. Messages go to each job's queue (model, priority).
         """
-        valid = [validate_job(r, max_prompt_chars=self.settings.max_prompt_chars) for r in requests]
+        models = ModelPolicy.of(self.settings)  # a job naming no model gets VIDEOSCORE_MODEL
+        valid = [validate_job(r, max_prompt_chars=self.settings.max_prompt_chars, models=models) for r in requests]
         return self.submit_valid(valid, chunk_size=chunk_size, on_progress=on_progress)
 
     def submit_valid(

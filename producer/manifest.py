@@ -17,6 +17,7 @@ from typing import Any
 
 from videoscore.core.errors import InvalidJobError
 from videoscore.core.jobspec import JobRequest, validate_job
+from videoscore.core.variants import ModelPolicy
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 TRUE = {"true", "1", "yes", "y"}
@@ -55,8 +56,10 @@ def is_manifest(target: str) -> bool:
     return "://" not in target and Path(target).suffix.lower() in SUFFIXES
 
 
-def read_manifest(path: Path, *, max_prompt_chars: int, defaults: Mapping[str, Any] | None = None) -> Manifest:
-    """Parse and validate every row; rows lacking a field take it from `defaults` (batch, model, priority…)."""
+def read_manifest(path: Path, *, max_prompt_chars: int, defaults: Mapping[str, Any] | None = None,
+                  models: ModelPolicy = ModelPolicy()) -> Manifest:
+    """Parse and validate every row; rows lacking a field take it from `defaults` (batch, model, priority…), and
+    rows naming no model then get `models.default` (pass `ModelPolicy.of(settings)`)."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(f"{path}: a manifest ends in .jsonl, .ndjson or .csv")
@@ -70,7 +73,7 @@ def read_manifest(path: Path, *, max_prompt_chars: int, defaults: Mapping[str, A
             manifest.errors.append(row)
             continue
         try:
-            request = validate_job({**defaults, **row}, max_prompt_chars=max_prompt_chars)
+            request = validate_job({**defaults, **row}, max_prompt_chars=max_prompt_chars, models=models)
         except InvalidJobError as exc:
             manifest.errors.append(RowError(line, exc.message))
             continue

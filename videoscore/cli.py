@@ -17,7 +17,7 @@ from rich.console import Console
 
 from videoscore.core.errors import VideoScoreError
 from videoscore.core.settings import Settings
-from videoscore.core.variants import DEFAULT_MODEL
+from videoscore.core.variants import DEFAULT_MODEL, ModelPolicy
 from videoscore.producer.client import Client
 from videoscore.producer.manifest import is_manifest
 from videoscore.producer.render import aggregates_table, results_table, wait_with_progress
@@ -68,7 +68,7 @@ def submit(
         return
     if not prompt:
         _fail("--prompt is required when submitting one video")
-    fields = {"model": model or DEFAULT_MODEL, "batch": batch, "idempotency_key": idempotency_key,
+    fields = {"model": model or "", "batch": batch, "idempotency_key": idempotency_key,  # "": VIDEOSCORE_MODEL
               "priority": priority or "normal", "force": force}
     try:
         with Client(settings) as client:
@@ -99,7 +99,8 @@ def _submit_manifest(settings: Settings, path: Path, defaults: dict[str, object]
 
     started = time.perf_counter()
     try:
-        manifest = read_manifest(path, max_prompt_chars=settings.max_prompt_chars, defaults=defaults)
+        manifest = read_manifest(path, max_prompt_chars=settings.max_prompt_chars, defaults=defaults,
+                                 models=ModelPolicy.of(settings))
     except VideoScoreError as exc:
         _fail(exc.message)
     for error in manifest.errors[:50]:
