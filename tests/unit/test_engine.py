@@ -6,18 +6,21 @@ test asserts is what reached the "device".
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from videoscore.core.errors import DeviceError, ModelLoadError, PromptTooLongError
-from videoscore.core.variants import ModelSpec, resolve_model
+from videoscore.core.variants import ASPECTS, DEFAULT_MODEL, VARIANTS, ModelSpec, resolve_model
 from videoscore.worker.model.engine import Engine, ScoreOutcome
-from videoscore.worker.model.scorer import BatchResult, ScoreRequest
+from videoscore.worker.model.scorer import AspectScores, BatchResult, ScoreRequest, ScorerProtocol
 from videoscore.worker.testing.fast_scorer import FastScorer, build_fast_stand_in
 
 DEVICE_FAULT = "#device-fault"
@@ -105,7 +108,7 @@ def test_a_request_for_another_model_waits_for_the_next_batch(make_engine, batch
     engine.start()
     outcomes = _results(futures)
     assert all(isinstance(o, ScoreOutcome) for o in outcomes), outcomes
-    assert batches[0] == (a.source, ["a 1", "a 2"])  # the batch closes at the first request for another model
+    assert batches[0] == (a.source, ["a 1", "a 2", "a 3"])  # the loaded model's requests first, batched together
     assert (b.source, ["b 1"]) in batches[1:]
     assert all(p.startswith(Path(source).name) for source, prompts in batches for p in prompts)  # none mixed
     assert sorted(p for _, prompts in batches for p in prompts) == ["a 1", "a 2", "a 3", "b 1"]  # each once
@@ -180,3 +183,197 @@ def test_a_caller_that_waits_past_its_result_timeout_gets_a_timeout_and_the_engi
     [after] = _results([engine.submit(a, _request("the next request"))])
     assert isinstance(after, ScoreOutcome)
     assert isinstance(slow.result(timeout=0), ScoreOutcome)  # the slow one finished on its own, later
+
+
+# --- switching models: fake scorers that record what was loaded, when, and what each batch held ----------------
+
+
+class FakeScorer:
+    """A ScorerProtocol in pure Python: loading takes `load_s`, a batch `batch_s`; both are written to `log`."""
+
+    def __init__(self, spec: ModelSpec, log: list[tuple[str, str, tuple[str, ...]]], *, batch_s: float) -> None:
+        self._spec, self._log, self._batch_s = spec, log, batch_s
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def revision(self) -> str:
+        return "fake"
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def max_tokens(self) -> int:
+        return 1000
+
+    def warm_up(self) -> None:
+        pass
+
+    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
+        pass
+
+    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
+        time.sleep(self._batch_s)
+        self._log.append(("batch", self._spec.name, tuple(r.prompt for r in requests)))
+        return BatchResult([AspectScores.from_logits([1.0] * len(ASPECTS)) for _ in requests], 0.0, self._batch_s)
+
+    def close(self) -> None:
+        self._log.append(("close", self._spec.name, ()))
+
+
+class FakeLoader:
+    """Loads FakeScorers, `load_s` each; a spec in `broken` fails to load after the same wait."""
+
+    def __init__(self, *, load_s: float = 0.0, batch_s: float = 0.0, broken: Sequence[ModelSpec] = ()) -> None:
+        self.load_s, self.batch_s, self.broken = load_s, batch_s, set(broken)
+        self.log: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def __call__(self, spec: ModelSpec) -> ScorerProtocol:
+        time.sleep(self.load_s)
+        self.log.append(("load", spec.name, ()))
+        if spec in self.broken:
+            raise ModelLoadError(f"could not load {spec.name}: the hub did not answer")
+        return FakeScorer(spec, self.log, batch_s=self.batch_s)
+
+    @property
+    def loads(self) -> list[str]:
+        return [name for event, name, _ in self.log if event == "load"]
+
+    @property
+    def batches(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(name, prompts) for event, name, prompts in self.log if event == "batch"]
+
+
+def _fake(name: str) -> ModelSpec:
+    return ModelSpec(name=name, source=name, variant=VARIANTS[DEFAULT_MODEL], stand_in=True)
+
+
+FAKE_A, FAKE_B, FAKE_C = _fake("fake/a"), _fake("fake/b"), _fake("fake/c")
+
+
+@pytest.fixture
+def fake_engine() -> Iterator[Callable[..., Engine]]:
+    made: list[Engine] = []
+
+    def make(loader: FakeLoader, **options: Any) -> Engine:
+        engine = Engine(loader, **{"batch_size": 4, "batch_wait_ms": 0, **options})
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.stop()
+
+
+def test_the_loaded_models_requests_run_first_and_other_models_then_load_in_arrival_order(fake_engine) -> None:
+    loader = FakeLoader()
+    engine = fake_engine(loader)
+    order = [(FAKE_A, "a1"), (FAKE_B, "b1"), (FAKE_A, "a2"), (FAKE_C, "c1"), (FAKE_A, "a3"), (FAKE_B, "b2")]
+    futures = [engine.submit(spec, _request(prompt)) for spec, prompt in order]  # all queued before it runs
+    engine.start()
+    assert all(isinstance(o, ScoreOutcome) for o in _results(futures))
+    assert loader.batches == [("fake/a", ("a1", "a2", "a3")), ("fake/b", ("b1", "b2")), ("fake/c", ("c1",))]
+    assert loader.loads == ["fake/a", "fake/b", "fake/c"]
+
+
+def test_jobs_alternating_between_two_models_load_each_model_once_not_once_per_job(fake_engine) -> None:
+    loader = FakeLoader(load_s=0.05)
+    engine = fake_engine(loader, batch_size=2)
+    futures = [engine.submit(FAKE_A if i % 2 == 0 else FAKE_B, _request(f"job {i}")) for i in range(20)]
+    engine.start()
+    assert all(isinstance(o, ScoreOutcome) for o in _results(futures))
+    assert loader.loads == ["fake/a", "fake/b"]
+    assert engine.batches_run == 10
+
+
+def test_a_steady_stream_for_the_loaded_model_yields_to_a_waiting_model_after_switch_after_s(fake_engine) -> None:
+    loader = FakeLoader(load_s=0.05, batch_s=0.01)
+    engine = fake_engine(loader, batch_size=1, switch_after_s=0.3)
+    engine.start(preload=FAKE_A)
+    engine.submit(FAKE_A, _request("warm")).result(timeout=10)
+    stop = threading.Event()
+
+    def stream_of_a() -> None:  # always at least one request for the loaded model waiting
+        pending: list[Future[ScoreOutcome]] = []
+        while not stop.is_set():
+            pending = [f for f in pending if not f.done()]
+            while len(pending) < 3:
+                pending.append(engine.submit(FAKE_A, _request("a")))
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=stream_of_a)
+    feeder.start()
+    try:
+        time.sleep(0.05)
+        asked = time.monotonic()
+        engine.submit(FAKE_B, _request("b")).result(timeout=10)
+        waited = time.monotonic() - asked
+        time.sleep(0.4)  # long enough for the device to go back to the stream's model
+    finally:
+        stop.set()
+        feeder.join()
+    assert 0.2 <= waited < 1.5, waited  # served after about switch_after_s, not starved for the stream's length
+    assert loader.loads[:3] == ["fake/a", "fake/b", "fake/a"]  # and A got the device back: no model starves
+    assert ("fake/a", ("a",)) in loader.batches[loader.batches.index(("fake/b", ("b",))):]
+
+
+def test_a_model_that_failed_to_load_fails_the_next_job_at_once_without_blocking_the_engine(fake_engine) -> None:
+    loader = FakeLoader(load_s=0.3, broken=[FAKE_B])
+    engine = fake_engine(loader, load_retry_after_s=300)
+    engine.start()
+    asked = time.monotonic()
+    [first] = _results([engine.submit(FAKE_B, _request("b 1"))])
+    first_s = time.monotonic() - asked
+    asked = time.monotonic()
+    second = engine.submit(FAKE_B, _request("b 2"))
+    assert second.done(), "failed in submit, without queueing behind the engine"
+    second_s = time.monotonic() - asked
+    [again] = _results([second])
+    assert isinstance(first, ModelLoadError) and first_s >= 0.3
+    assert isinstance(again, ModelLoadError) and again.kind == "model_load_error" and second_s < 0.05
+    assert "the hub did not answer" in again.message and "fail at once for another" in again.message
+    assert loader.loads == ["fake/b"]  # tried once
+    [good] = _results([engine.submit(FAKE_A, _request("a"))])
+    assert isinstance(good, ScoreOutcome)
+
+
+def test_every_request_waiting_for_a_model_fails_with_its_one_failed_load(fake_engine) -> None:
+    loader = FakeLoader(load_s=0.05, broken=[FAKE_B])
+    engine = fake_engine(loader, batch_size=2)
+    futures = [engine.submit(FAKE_B, _request(f"b {i}")) for i in range(5)] + [engine.submit(FAKE_A, _request("a"))]
+    engine.start()
+    *failed, good = _results(futures)
+    assert all(isinstance(f, ModelLoadError) for f in failed) and isinstance(good, ScoreOutcome)
+    assert loader.loads == ["fake/b", "fake/a"]
+
+
+def test_a_failed_load_is_tried_again_after_load_retry_after_s(fake_engine) -> None:
+    loader = FakeLoader(broken=[FAKE_B])
+    engine = fake_engine(loader, load_retry_after_s=0.2)
+    engine.start()
+    _results([engine.submit(FAKE_B, _request("b 1"))])
+    _results([engine.submit(FAKE_B, _request("b 2"))])
+    assert loader.loads == ["fake/b"]
+    time.sleep(0.25)
+    [third] = _results([engine.submit(FAKE_B, _request("b 3"))])
+    assert isinstance(third, ModelLoadError) and loader.loads == ["fake/b", "fake/b"]
+
+
+def test_a_loader_that_raises_any_exception_fails_its_jobs_with_model_load_error_and_the_engine_serves_on(
+    fake_engine,
+) -> None:
+    def load(spec: ModelSpec) -> ScorerProtocol:
+        if spec == FAKE_B:
+            raise OSError("config.json: permission denied")
+        return FakeScorer(spec, [], batch_s=0)
+
+    engine = fake_engine(load)
+    engine.start()
+    [failed] = _results([engine.submit(FAKE_B, _request("b"))])
+    [scored] = _results([engine.submit(FAKE_A, _request("a"))])
+    assert isinstance(failed, ModelLoadError) and "permission denied" in failed.message
+    assert isinstance(scored, ScoreOutcome)

@@ -1,9 +1,24 @@
 """The scoring engine: one thread owns the model and the device, and turns queued requests into batches.
 
 Task threads fetch and decode videos concurrently, then hand a `ScoreRequest` to `Engine.submit`; the engine
-thread collects up to `batch_size` requests for the same model (waiting at most `batch_wait_ms` for the batch
-to fill), runs one forward pass and resolves each request's future. Only this thread touches CUDA, and it
-loads each model once per process, on first use (or at start with `preload`).
+thread sorts requests by model, collects up to `batch_size` requests for one model (waiting at most
+`batch_wait_ms` for the batch to fill), runs one forward pass and resolves each request's future. Only this
+thread touches CUDA, and it holds one model at a time, loaded on first use (or at start with `preload`).
+
+Which model runs next (`_next_model`), so that a job naming another model neither starves the loaded model's
+jobs nor makes the engine swap models per job:
+
+* the loaded model's waiting requests come first;
+* another model gets the device when the loaded one has nothing waiting, or when the loaded one has held the
+  device for `switch_after_s` since it loaded *and* another model's oldest request has waited that long;
+* models waiting for the device take it in the order of their oldest request.
+
+So a request for another model waits at most about `switch_after_s` plus one batch and one load per model ahead
+of it, and each load buys its model at least `switch_after_s` of service however requests interleave.
+
+A model that fails to load is remembered for `load_retry_after_s`: requests naming it fail at once with
+`ModelLoadError` and the reason, in `submit`, without reaching the engine thread (a hub that does not answer
+costs minutes per attempt).
 """
 
 from __future__ import annotations
@@ -12,11 +27,12 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from videoscore.core.errors import DeviceError, VideoScoreError
+from videoscore.core.errors import DeviceError, ModelLoadError, PermanentError, VideoScoreError
 from videoscore.core.variants import ModelSpec
 from videoscore.worker.model.scorer import AspectScores, ScoreRequest, ScorerProtocol
 
@@ -42,11 +58,23 @@ class _Pending:
     spec: ModelSpec
     request: ScoreRequest
     future: Future[ScoreOutcome]
+    arrived: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
 class _Preload:
     spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class _FailedLoad:
+    reason: str
+    failed_at: float
+    until: float
+
+    def error(self, spec: ModelSpec, now: float) -> ModelLoadError:
+        return ModelLoadError(f"{self.reason} (load failed {now - self.failed_at:.0f}s ago; jobs naming "
+                              f"{spec.name} fail at once for another {max(0.0, self.until - now):.0f}s)")
 
 
 _Item = _Pending | _Preload | None
@@ -55,15 +83,25 @@ _Item = _Pending | _Preload | None
 class Engine:
     """Batches score requests onto the device from a single owner thread."""
 
-    def __init__(self, load_scorer: ScorerLoader, *, batch_size: int = 1, batch_wait_ms: int = 50) -> None:
+    def __init__(self, load_scorer: ScorerLoader, *, batch_size: int = 1, batch_wait_ms: int = 50,
+                 switch_after_s: float = 60.0, load_retry_after_s: float = 300.0) -> None:
         self._load_scorer = load_scorer
         self.batch_size = max(1, batch_size)
         self.batch_wait_s = max(0, batch_wait_ms) / 1000
+        self.switch_after_s = max(0.0, switch_after_s)
+        self.load_retry_after_s = max(0.0, load_retry_after_s)
         self._inbox: queue.Queue[_Item] = queue.Queue()
+        # Owned by the engine thread: requests by model, each in arrival order (dicts keep insertion order).
+        self._waiting: dict[ModelSpec, deque[_Pending]] = {}
+        self._failed: dict[ModelSpec, _FailedLoad] = {}  # read by submit's callers too, under the lock
+        self._failed_lock = threading.Lock()
         self._scorer: ScorerProtocol | None = None
+        self._loaded_at = 0.0
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="videoscore-engine", daemon=True)
         self._fatal: BaseException | None = None
         self.batches_run = 0
+        self.loads = 0
         self.model_load_s: float | None = None
 
     def start(self, preload: ModelSpec | None = None) -> None:
@@ -75,7 +113,11 @@ class Engine:
         if self._fatal is not None:
             raise DeviceError(f"scoring engine stopped after a device error: {self._fatal}")
         future: Future[ScoreOutcome] = Future()
-        self._inbox.put(_Pending(spec, request, future))
+        failed = self._failed_load(spec)
+        if failed is not None:
+            future.set_exception(failed)
+        else:
+            self._inbox.put(_Pending(spec, request, future))
         return future
 
     def stop(self) -> None:
@@ -88,67 +130,147 @@ class Engine:
     # --- the engine thread ---
 
     def _run(self) -> None:
-        while True:
-            first = self._inbox.get()
-            if first is None:
-                return
-            if isinstance(first, _Preload):
-                self._preload(first.spec)
-                continue
-            batch = self._collect_batch(first)
-            try:
+        batch: list[_Pending] = []
+        try:
+            while True:
+                batch = []
+                self._receive(block=not self._waiting and not self._stopping)
+                spec = self._next_model()
+                if spec is None:
+                    if self._stopping:
+                        return
+                    continue
+                if not self._ensure_loaded(spec):
+                    continue
+                self._receive(block=False)  # what arrived during the load joins this batch
+                batch = self._take_batch(spec)
                 self._score_batch(batch)
-            except DeviceError as exc:  # a broken CUDA context is not retried in place
-                log.critical("device error, engine stops: %s", exc)
-                self._fatal = exc
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                return
+        except DeviceError as exc:  # a broken CUDA context is not retried in place
+            log.critical("device error, engine stops: %s", exc)
+            self._fatal = exc
+            self._fail_everything(batch, exc)
 
-    def _collect_batch(self, first: _Pending) -> list[_Pending]:
-        batch = [first]
+    def _receive(self, *, block: bool, timeout: float | None = None) -> None:
+        """Move requests from the inbox to the waiting lists: wait for one if `block`, then take what is there."""
+        while True:
+            try:
+                item = self._inbox.get(block=block, timeout=timeout if block else None)
+            except queue.Empty:
+                return
+            block = False
+            if item is None:
+                self._stopping = True  # serve what is waiting, then stop
+            elif isinstance(item, _Preload):
+                if self._scorer is None:  # a model in use already is the one that earns the device
+                    self._ensure_loaded(item.spec)
+            else:
+                failed = self._failed_load(item.spec)
+                if failed is not None:
+                    item.future.set_exception(failed)
+                else:
+                    self._waiting.setdefault(item.spec, deque()).append(item)
+
+    def _next_model(self) -> ModelSpec | None:
+        """The model whose requests run next (see the module's docstring), or None when nothing waits."""
+        if not self._waiting:
+            return None
+        oldest_first = sorted(self._waiting, key=lambda spec: self._waiting[spec][0].arrived)
+        loaded = self._scorer.spec if self._scorer is not None else None
+        if loaded not in self._waiting:
+            return oldest_first[0]
+        others = [spec for spec in oldest_first if spec != loaded]
+        now = time.monotonic()
+        if (others and now - self._loaded_at >= self.switch_after_s
+                and now - self._waiting[others[0]][0].arrived >= self.switch_after_s):
+            return others[0]
+        return loaded
+
+    def _take_batch(self, spec: ModelSpec) -> list[_Pending]:
+        """Up to `batch_size` of `spec`'s requests, waiting at most `batch_wait_s` for the batch to fill."""
         deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.batch_size:
+        while len(self._waiting[spec]) < self.batch_size and not self._stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            try:
-                item = self._inbox.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if not isinstance(item, _Pending) or item.spec != first.spec:
-                self._inbox.put(item)  # a stop signal, or another model's request: handled after this batch
-                break
-            batch.append(item)
+            self._receive(block=True, timeout=remaining)
+        waiting = self._waiting[spec]
+        batch = [waiting.popleft() for _ in range(min(self.batch_size, len(waiting)))]
+        if not waiting:
+            del self._waiting[spec]
         return batch
 
-    def _preload(self, spec: ModelSpec) -> None:
+    def _ensure_loaded(self, spec: ModelSpec) -> bool:
+        """Make `spec` the loaded model; False when it cannot load (its waiting requests then fail, and it is
+        remembered). A DeviceError propagates: the engine stops."""
+        if self._scorer is not None and self._scorer.spec == spec:
+            return True
+        failed = self._failed_load(spec)
+        if failed is not None:
+            self._fail_waiting(spec, failed)
+            return False
+        if self._scorer is not None:
+            self._scorer.close()  # one model on the device at a time
+            self._scorer = None
+        started = time.perf_counter()
+        scorer: ScorerProtocol | None = None
         try:
-            self._scorer_for(spec)
-        except VideoScoreError as exc:
-            log.error("could not preload %s: %s", spec.label, exc)
-
-    def _scorer_for(self, spec: ModelSpec) -> ScorerProtocol:
-        if self._scorer is None or self._scorer.spec != spec:
-            if self._scorer is not None:
-                self._scorer.close()  # one model on the device at a time
-                self._scorer = None
-            started = time.perf_counter()
+            self.loads += 1
             scorer = self._load_scorer(spec)
             scorer.warm_up()
-            self.model_load_s = time.perf_counter() - started
-            log.info("loaded %s in %.1fs on %s", spec.label, self.model_load_s, scorer.device)
-            self._scorer = scorer
-        return self._scorer
+        except (DeviceError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever stops a model loading fails its jobs, not the engine
+            if scorer is not None:
+                scorer.close()
+            self._load_failed(spec, exc, time.perf_counter() - started)
+            return False
+        self.model_load_s = time.perf_counter() - started
+        log.info("loaded %s in %.1fs on %s", spec.label, self.model_load_s, scorer.device)
+        self._scorer = scorer
+        self._loaded_at = time.monotonic()
+        return True
+
+    def _load_failed(self, spec: ModelSpec, exc: Exception, took_s: float) -> None:
+        error = exc if isinstance(exc, VideoScoreError) else ModelLoadError(f"could not load {spec.label}: {exc}")
+        log.error("could not load %s (%.1fs): %s", spec.label, took_s, error)
+        if isinstance(error, PermanentError) and self.load_retry_after_s > 0:
+            now = time.monotonic()
+            with self._failed_lock:
+                self._failed[spec] = _FailedLoad(error.message, now, now + self.load_retry_after_s)
+        self._fail_waiting(spec, error)
+
+    def _fail_waiting(self, spec: ModelSpec, error: BaseException) -> None:
+        for item in self._waiting.pop(spec, ()):
+            item.future.set_exception(error)
+
+    def _failed_load(self, spec: ModelSpec) -> ModelLoadError | None:
+        """The error for a request naming a model that failed to load lately, or None."""
+        now = time.monotonic()
+        with self._failed_lock:
+            failed = self._failed.get(spec)
+            if failed is not None and now >= failed.until:
+                del self._failed[spec]  # time to try it again
+                failed = None
+        return None if failed is None else failed.error(spec, now)
+
+    def _fail_everything(self, batch: list[_Pending], exc: BaseException) -> None:
+        """After a device error: the batch, every waiting request and whatever the inbox still holds."""
+        pending = [*batch, *(item for waiting in self._waiting.values() for item in waiting)]
+        self._waiting.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Pending):
+                pending.append(item)
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     def _score_batch(self, batch: list[_Pending]) -> None:
-        try:
-            scorer = self._scorer_for(batch[0].spec)
-        except VideoScoreError as exc:
-            for item in batch:
-                item.future.set_exception(exc)
-            return
+        scorer = self._scorer
+        assert scorer is not None and scorer.spec == batch[0].spec, "the batch's model is the loaded one"
         runnable = [item for item in batch if self._prompt_fits(scorer, item)]
         if not runnable:
             return

@@ -162,7 +162,8 @@ _runtime: Runtime | None = None
 
 def build_runtime(settings: Settings) -> Runtime:
     engine = Engine(lambda spec: load_scorer(spec, settings), batch_size=settings.batch_size,
-                    batch_wait_ms=settings.batch_wait_ms)
+                    batch_wait_ms=settings.batch_wait_ms, switch_after_s=settings.model_switch_after_s,
+                    load_retry_after_s=settings.model_load_retry_after_s)
     runtime = Runtime(
         settings=settings,
         db=Database(settings.database_url),

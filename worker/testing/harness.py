@@ -94,7 +94,8 @@ class WorkerHarness:
                                     "model": self.model, "work_dir": str(self.root / "scratch"), **s3, **settings})
         upgrade(self.settings.database_url)
         engine = Engine(load_fast_stand_in, batch_size=self.settings.batch_size,
-                        batch_wait_ms=self.settings.batch_wait_ms)
+                        batch_wait_ms=self.settings.batch_wait_ms, switch_after_s=self.settings.model_switch_after_s,
+                        load_retry_after_s=self.settings.model_load_retry_after_s)
         self.runtime = Runtime(settings=self.settings, db=Database(self.settings.database_url),
                                store=VideoStore(self.settings), engine=engine, worker_id=f"harness/{os.getpid()}")
         self.decisions: list[tuple[str, Decision]] = []  # (job id as sent, decision), in the order they ended
