@@ -73,6 +73,7 @@ def run_demo(console: Console, *, videos: int = 4, workdir: Path | None = None) 
             s3_access_key_id="demo",
             s3_secret_access_key="demo-secret",  # type: ignore[arg-type]
             model=str(checkpoint),
+            model_roots=[str(checkpoint)],  # the one folder jobs may name (the default model is allowed anyway)
             allowed_buckets=[DEMO_BUCKET],
             batch_size=2,
             poll_interval_s=0.2,

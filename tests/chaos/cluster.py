@@ -396,7 +396,7 @@ def build_cluster(root: Path, database_url: str, *, s3_proxy: bool = False, **ov
     model = build_fast_stand_in(root / "fast-stand-in", call_log_dir=call_log_dir)
     settings = chaos_settings(**{"database_url": database_url, "broker_url": redis.url,
                                  "s3_endpoint_url": proxy.url if proxy else s3.url, "model": str(model),
-                                 **overrides})
+                                 "model_roots": [str(model)], **overrides})
     keys = upload_tiny_videos(settings, root / "videos")
     return Cluster(root=root, settings=settings, redis=redis, s3=s3, s3_proxy=proxy, video_keys=keys,
                    call_log_dir=call_log_dir)
