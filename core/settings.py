@@ -102,6 +102,10 @@ class Settings(BaseSettings):
         60.0, description="Longest a task waits in place for an unreachable database before re-sending its job"
     )
     metrics_port: int = Field(9108, description="Port of the worker's Prometheus /metrics endpoint; 0 turns it off")
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker's /metrics and the exporter (`videoscore fleet --serve`) bind; "
+        "0.0.0.0 where a scraper on another host must reach them (the container recipes set it)"
+    )
 
     # the producer
     poll_interval_s: float = Field(0.5, description="How often wait() polls the database")
@@ -117,6 +121,18 @@ class Settings(BaseSettings):
     )
     webhook_max_attempts: int = Field(5, description="Deliveries tried per batch webhook (exponential backoff)")
     webhook_timeout_s: float = Field(10.0, description="Seconds a webhook receiver has to answer")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts batch webhooks may be sent to (JSON list; `*.example.com` matches "
+        "its subdomains); empty allows any host whose addresses are public"
+    )
+    webhook_allow_private_addresses: bool = Field(
+        False, description="Allow webhook receivers on loopback, private and link-local addresses (on-prem); "
+        "cloud-metadata, multicast, reserved and unspecified addresses stay refused"
+    )
+    api_docs: bool = Field(
+        False, description="Serve Swagger UI at /docs and ReDoc at /redoc (their scripts load from a public CDN); "
+        "/openapi.json is always served"
+    )
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":
