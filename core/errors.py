@@ -7,6 +7,8 @@ is its default message, and `kind` is the short name stored in the database next
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 
 class VideoScoreError(Exception):
     """A VideoScore Queue error."""
@@ -88,6 +90,31 @@ class AttemptsExhaustedError(PermanentError):
     """The job failed on every allowed attempt."""
 
     kind = "attempts_exhausted"
+
+
+class IdempotencyConflict(NamedTuple):
+    """One submitted job whose idempotency key already names a different job."""
+
+    position: int  # the job's index in what was submitted (a list of jobs, or one)
+    key: str
+    job_id: str | None  # the job the key names (None: an earlier job of the same submission)
+    fields: tuple[str, ...]  # the request fields that differ, e.g. ("force", "prompt")
+
+
+class IdempotencyConflictError(PermanentError):
+    """An idempotency key was reused for a different job: reuse a key only to resubmit the same job."""
+
+    kind = "idempotency_conflict"
+
+    def __init__(self, message: str | None = None, *, conflicts: tuple[IdempotencyConflict, ...] = ()) -> None:
+        first = conflicts[0] if conflicts else None
+        if message is None and first is not None:
+            named = f"job {first.job_id}" if first.job_id else "an earlier job of this submission"
+            more = f" (and {len(conflicts) - 1} more jobs)" if len(conflicts) > 1 else ""
+            message = (f"idempotency key {first.key[:80]!r} names {named}, submitted with a different "
+                       f"{', '.join(first.fields)}{more}: reuse a key only to resubmit the same job")
+        super().__init__(message)
+        self.conflicts = conflicts
 
 
 # --- retryable: the world was briefly unwell; the same job can succeed later ----------------------------

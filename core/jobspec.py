@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -13,6 +14,8 @@ from videoscore.core.variants import MAX_MODEL_NAME_CHARS, ModelPolicy
 ALLOWED_SCHEMES = ("s3", "file")
 MAX_TAGS = 32
 PRIORITIES = ("high", "normal", "low")
+MAX_VIDEO_URI_CHARS = 2048  # an S3 URI is at most ~1,100 (63-character bucket, 1,024-byte key)
+MAX_IDEMPOTENCY_KEY_CHARS = 200  # the column's width, checked after normalisation (NFKC may lengthen a key)
 Priority = Literal["high", "normal", "low"]
 
 
@@ -22,7 +25,8 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # json_schema_extra documents (in the API's OpenAPI) what the validators below enforce
-    video_uri: str = Field(json_schema_extra={"pattern": r"^(s3://[^/]+/.+|file:///.+)$",
+    video_uri: str = Field(max_length=MAX_VIDEO_URI_CHARS,
+                           json_schema_extra={"pattern": r"^(s3://[^/]+/.+|file:///.+)$",
                                               "examples": ["s3://gen-videos/run42/0001.mp4"]})
     prompt: str = Field(json_schema_extra={"pattern": r"\S", "examples": ["a cat surfing a wave at sunset"]})
     model: str = Field("", max_length=MAX_MODEL_NAME_CHARS, description=(
@@ -32,7 +36,9 @@ class JobRequest(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict, json_schema_extra={
         "maxProperties": MAX_TAGS, "propertyNames": {"minLength": 1, "maxLength": 100},
         "additionalProperties": {"type": "string", "maxLength": 500}})
-    idempotency_key: str | None = Field(None, max_length=200)
+    idempotency_key: str | None = Field(None, max_length=MAX_IDEMPOTENCY_KEY_CHARS, description=(
+        "Same key, same job: normalised first (normalize_idempotency_key: NFKC, surrounding whitespace and "
+        "zero-width characters removed; case kept). Reusing a key for a different job is a conflict (409)"))
     priority: Priority = "normal"  # picks the broker queue (core.queueing.queue_for)
     force: bool = False  # score again even if the same video, prompt and model already have scores
 
@@ -73,6 +79,40 @@ class JobRequest(BaseModel):
     @classmethod
     def _storable_text(cls, value: str | None) -> str | None:
         return None if value is None else _storable(value)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _one_spelling_per_key(cls, key: str | None) -> str | None:
+        if key is None:
+            return None
+        normal = normalize_idempotency_key(key)
+        if not normal:
+            raise ValueError("idempotency_key must not be blank")
+        if len(normal) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ValueError(f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters once normalised")
+        return normal
+
+
+# Invisible characters a copy and paste or an editor slips into a key; removed wherever they are.
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e"
+                                    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                    "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u3164"
+                                    "\ufe00\ufe01\ufe02\ufe03\ufe04\ufe05\ufe06\ufe07\ufe08\ufe09\ufe0a"
+                                    "\ufe0b\ufe0c\ufe0d\ufe0e\ufe0f\ufeff\uffa0"))
+
+
+def normalize_idempotency_key(key: str) -> str:
+    """The one spelling of an idempotency key, so keys a person reads as the same name one job.
+
+    Unicode NFKC (composed, and compatibility forms folded: fullwidth `ｋｅｙ１` is `key1`, `ﬁ` is `fi`), then
+    zero-width and other invisible formatting characters removed (ZWSP, ZWNJ, ZWJ, word joiner, BOM, soft
+    hyphen, bidi marks, variation selectors), then surrounding whitespace trimmed. Case is kept: keys are opaque
+    and case-sensitive, as in Stripe's API and the IETF Idempotency-Key draft, so `Run-1` and `run-1` are two
+    keys. A printable ASCII key without surrounding spaces, what pipelines mostly send, is its own normal form,
+    so such keys stored before this rule still match.
+    The SDK and the API both apply it, through JobRequest's validation.
+    """
+    return unicodedata.normalize("NFKC", key).translate(_ZERO_WIDTH).strip()
 
 
 def _storable(text: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from videoscore.core.errors import WorkerLostError
+from videoscore.core.errors import IdempotencyConflict, IdempotencyConflictError, WorkerLostError
 from videoscore.core.jobspec import JobRequest
 from videoscore.core.names import JOBS_PER_CHUNK, JobStatus
 from videoscore.db.models import Job, utcnow
@@ -32,6 +32,7 @@ MAX_ERROR_MESSAGE_CHARS = 4_000
 _JOBS = cast(Table, Job.__table__)  # the Core table: bulk and hot paths skip the ORM's per-row bookkeeping
 _JSON_COLUMNS = frozenset(c.name for c in _JOBS.columns if isinstance(c.type, JSON))
 _REQUEST_FIELDS = tuple(JobRequest.model_fields)  # each one a column of the same name
+_SAME_JOB_FIELDS = tuple(name for name in _REQUEST_FIELDS if name != "idempotency_key")  # what a key promises
 _NULL_RECORD = {f.name: None for f in fields(JobRecord)}
 
 
@@ -48,6 +49,9 @@ def insert_jobs(
     PostgreSQL (the later row is skipped, never an IntegrityError) and fast in bulk; rows whose key already
     existed are then read back. A key repeated within one call names one job. `queue` is a queue name, or a
     function of the request (its model and priority pick the queue).
+
+    A key names one job: a request whose key names a job with other fields (`same_job` differs) raises
+    IdempotencyConflictError, listing every such request, and the caller's transaction rolls back.
     """
     now = utcnow()
     rows: list[dict[str, Any]] = []
@@ -85,12 +89,49 @@ def insert_jobs(
             answers.append((_record_from_values(row), True))
         else:
             answers.append((JobRecord.from_row(earlier[owner[row["idempotency_key"]]]), False))
+    stored = {key: earlier[job_id] for key, job_id in owner.items()}
+    conflicts = _conflicts(requests, {key: JobRecord.from_row(row) for key, row in stored.items()})
+    if conflicts:
+        raise IdempotencyConflictError(conflicts=tuple(conflicts))
     out: list[tuple[JobRecord, bool]] = []
     answered: set[int] = set()
     for index in plan:
         record, created = answers[index]
         out.append((record, created and index not in answered))
         answered.add(index)
+    return out
+
+
+def idempotency_conflicts(session: Session, requests: Sequence[JobRequest]) -> list[IdempotencyConflict]:
+    """The requests whose idempotency key names a different job: a stored one, or an earlier request's."""
+    keys = list({r.idempotency_key for r in requests if r.idempotency_key is not None})
+    owner = _job_ids_by_idempotency_key(session, keys)
+    rows = _jobs_by_id(session, list(owner.values()))
+    return _conflicts(requests, {key: JobRecord.from_row(rows[job_id]) for key, job_id in owner.items()})
+
+
+def differing_fields(request: JobRequest, job: JobRequest | JobRecord) -> tuple[str, ...]:
+    """The request fields (all but the key) in which `request` asks for another job than `job`, sorted."""
+    return tuple(sorted(name for name in _SAME_JOB_FIELDS if getattr(request, name) != getattr(job, name)))
+
+
+def _conflicts(requests: Sequence[JobRequest], stored: Mapping[str, JobRecord]) -> list[IdempotencyConflict]:
+    first: dict[str, JobRequest] = {}
+    out: list[IdempotencyConflict] = []
+    for index, request in enumerate(requests):
+        key = request.idempotency_key
+        if key is None:
+            continue
+        if key in stored:
+            job_id: str | None = stored[key].id
+            differ = differing_fields(request, stored[key])
+        elif key in first:
+            job_id, differ = None, differing_fields(request, first[key])
+        else:
+            first[key] = request
+            continue
+        if differ:
+            out.append(IdempotencyConflict(index, key, job_id, differ))
     return out
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
-from videoscore.core.errors import VideoScoreError
+from videoscore.core.errors import IdempotencyConflictError, VideoScoreError
 from videoscore.core.jobspec import JobRequest, validate_job
 from videoscore.core.names import TERMINAL_STATUSES
 from videoscore.core.queueing import enqueue_pipelined, make_celery_app, queue_for
@@ -82,8 +82,19 @@ class Client:
         chunk_size: int = job_queries.JOBS_PER_CHUNK,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[tuple[JobRecord, bool]]:
-        """`submit_valid`, also saying of each job whether it is new (False: its idempotency key existed)."""
+        """`submit_valid`, also saying of each job whether it is new (False: its idempotency key existed).
+
+        An idempotency key names one job: resubmitting it with the same fields answers the existing job, with
+        other fields (a different prompt, `force`, …) raises IdempotencyConflictError naming each such request
+        and the fields that differ. Checked for every chunk before the first is committed, so a conflict in a
+        later chunk submits nothing (bar a concurrent submit of the same key in between).
+        """
         out: list[tuple[JobRecord, bool]] = []
+        if len(requests) > chunk_size:
+            with self.db.transaction() as session:
+                conflicts = job_queries.idempotency_conflicts(session, requests)
+            if conflicts:
+                raise IdempotencyConflictError(conflicts=tuple(conflicts))
         queues: dict[tuple[str, str], str] = {}
 
         def queue_of(request: JobRequest) -> str:
@@ -94,8 +105,12 @@ class Client:
 
         for start in range(0, len(requests), chunk_size):
             chunk = requests[start:start + chunk_size]
-            with self.db.transaction() as session:
-                inserted = job_queries.insert_jobs(session, chunk, queue=queue_of)
+            try:
+                with self.db.transaction() as session:
+                    inserted = job_queries.insert_jobs(session, chunk, queue=queue_of)
+            except IdempotencyConflictError as exc:  # positions in the chunk → positions in `requests`
+                raise IdempotencyConflictError(
+                    conflicts=tuple(c._replace(position=c.position + start) for c in exc.conflicts)) from None
             by_queue: dict[str, list[str]] = {}
             for job, created in inserted:
                 if created:

@@ -2,12 +2,13 @@
 
 POST /jobs reads its body by hand (one job object or an array of them, validated all or nothing, each bad field
 named `jobs[3].prompt`), so FastAPI cannot describe it; `submit_body_schema` does, and create_app's OpenAPI
-serves it.
+serves it. An idempotency key names one job (409 naming the fields that differ when reused for another).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,17 +18,27 @@ from starlette.concurrency import run_in_threadpool
 from videoscore.api.deps import ClientDep, JobFilterDep, SettingsDep
 from videoscore.api.errors import ApiError, clean_message
 from videoscore.api.schemas import CancelOut, ErrorOut, JobOut, JobPage, SubmittedMany
-from videoscore.core.errors import InvalidJobError, PromptTooLongError, UnknownModelError
+from videoscore.core.errors import (
+    IdempotencyConflictError,
+    InvalidJobError,
+    PermanentError,
+    PromptTooLongError,
+    UnknownModelError,
+)
 from videoscore.core.jobspec import JobRequest, validate_job
 from videoscore.core.names import JobStatus, is_job_id
 from videoscore.core.settings import Settings
+from videoscore.core.variants import ModelPolicy
 from videoscore.db.queries import BadCursorError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
 
 @router.post("/jobs", status_code=201, response_model=JobOut | SubmittedMany,
              responses={200: {"model": JobOut, "description": "An existing job with the same idempotency key"},
+                        409: {"model": ErrorOut, "description": "An idempotency key names a different job"},
                         413: {"model": ErrorOut}, 503: {"model": ErrorOut}})
 async def submit_jobs(request: Request, response: Response, settings: SettingsDep,
                       client: ClientDep) -> JobOut | SubmittedMany:
@@ -41,7 +52,10 @@ async def submit_jobs(request: Request, response: Response, settings: SettingsDe
         raise ApiError(422, "validation_error", "an empty list submits nothing",
                        [{"field": "jobs", "message": "must hold at least one job"}])
     requests = _parse_jobs(payload if many else [payload], settings, many=many)
-    results = await run_in_threadpool(client.submit_detailed, requests)
+    try:
+        results = await run_in_threadpool(client.submit_detailed, requests)
+    except IdempotencyConflictError as exc:
+        raise _conflict(exc, many=many) from None
     if not many:
         job, created = results[0]
         response.status_code = 201 if created else 200
@@ -84,6 +98,17 @@ def list_jobs(where: JobFilterDep, client: ClientDep,
     return JobPage(jobs=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
 
 
+def _conflict(exc: IdempotencyConflictError, *, many: bool) -> ApiError:
+    """409 naming, for each job that reuses a key, every field in which it differs from the job the key names."""
+    fields = []
+    for conflict in exc.conflicts:
+        named = f"job {conflict.job_id}" if conflict.job_id else "an earlier job of this request"
+        for name in conflict.fields:
+            fields.append({"field": f"jobs[{conflict.position}].{name}" if many else name,
+                           "message": f"differs from {named}, which idempotency key {conflict.key[:80]!r} names"})
+    return ApiError(409, "idempotency_conflict", exc.message, fields)
+
+
 def submit_body_schema(max_jobs: int) -> dict[str, Any]:
     """The OpenAPI request body of POST /jobs: one JobRequest, or an array of 1 to `max_jobs` of them."""
     job = {"$ref": "#/components/schemas/JobRequest"}
@@ -108,6 +133,7 @@ def _parse_jobs(items: list[Any], settings: Settings, *, many: bool) -> list[Job
     """Validate every job; one error lists each bad field of each bad job (`jobs[3].prompt`)."""
     problems: list[dict[str, str]] = []
     parsed: list[JobRequest] = []
+    models = ModelPolicy.of(settings)  # what a job may name; a job naming none gets VIDEOSCORE_MODEL
 
     def where(index: int, loc: tuple[Any, ...]) -> str:
         inner = ".".join(str(p) for p in loc)
@@ -122,13 +148,22 @@ def _parse_jobs(items: list[Any], settings: Settings, *, many: bool) -> list[Job
                          for e in exc.errors()]
             continue
         try:
-            parsed.append(validate_job(job, max_prompt_chars=settings.max_prompt_chars))
+            parsed.append(validate_job(job, max_prompt_chars=settings.max_prompt_chars, models=models))
         except PromptTooLongError as exc:
             problems.append({"field": where(index, ("prompt",)), "message": exc.message})
         except UnknownModelError as exc:
             problems.append({"field": where(index, ("model",)), "message": exc.message})
         except InvalidJobError as exc:
             problems.append({"field": where(index, ()), "message": exc.message})
+        except PermanentError as exc:  # the model's checkpoint could not be read or loaded
+            problems.append({"field": where(index, ("model",)), "message": exc.message})
+        except (OSError, ValueError, TypeError, LookupError, AttributeError, RecursionError) as exc:
+            # Only the model's resolution reads anything here (a folder, its videoscore.json): whatever it raised,
+            # the request named a model that cannot be used, which is the client's to fix, not a 500.
+            log.warning("model %r of a submitted job could not be resolved: %s: %s", job.model[:200],
+                        type(exc).__name__, exc)
+            problems.append({"field": where(index, ("model",)),
+                             "message": f"model {job.model[:200]!r} cannot be used: its checkpoint is unreadable"})
     if problems:
         shown = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""

@@ -142,24 +142,25 @@ def test_bad_query_parameters_and_bodies_get_structured_errors(api: Api) -> None
 
 def test_the_same_idempotency_key_returns_the_same_job(api: Api) -> None:
     key = f"idem-{uuid.uuid4().hex}"
+    job = _job(idempotency_key=key)
     with api.process.client() as http:
-        first = http.post("/jobs", json=_job(idempotency_key=key))
-        again = http.post("/jobs", json=_job(idempotency_key=key))
-        in_many = http.post("/jobs", json=[_job(idempotency_key=key), _job()])
+        first = http.post("/jobs", json=job)
+        again = http.post("/jobs", json=job)
+        in_many = http.post("/jobs", json=[job, _job()])
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.json()["id"] == again.json()["id"] == in_many.json()["jobs"][0]["id"]
     assert in_many.json()["created"] == 1
 
 
 def test_concurrent_submits_with_one_idempotency_key_all_get_one_job(api: Api) -> None:
-    key = f"race-{uuid.uuid4().hex}"
+    job = _job(idempotency_key=f"race-{uuid.uuid4().hex}")
     barrier = threading.Barrier(8)
     answers: list[httpx.Response] = []
 
     def submit() -> None:
         with api.process.client() as http:
             barrier.wait()
-            answers.append(http.post("/jobs", json=_job(idempotency_key=key)))
+            answers.append(http.post("/jobs", json=job))
 
     threads = [threading.Thread(target=submit) for _ in range(8)]
     for t in threads:
