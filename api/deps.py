@@ -1,8 +1,10 @@
-"""What routes depend on: the app's settings and client, the bearer-token check, and the job filter that
-GET /jobs and GET /aggregates share, with the checks on free text and times their parameters need."""
+"""What routes depend on: the app's settings and client, the bearer-token check and the caller it names, and
+the job filter that GET /jobs and GET /aggregates share, with the checks on free text and times their
+parameters need."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from datetime import datetime, timezone
 from typing import Annotated, Any
@@ -40,14 +42,27 @@ _BEARER = HTTPBearer(auto_error=False, description="A token from VIDEOSCORE_API_
 
 
 def require_token(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
-    """Every route but health needs `Authorization: Bearer <token>` with a token from the settings."""
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> str:
+    """Every route but health needs `Authorization: Bearer <token>` with a token from the settings.
+
+    Returns the caller: the token's hash (`token_hash`), what a batch's owner is recorded as.
+    """
     if credentials is None:
         raise ApiError(401, "unauthorized", "missing bearer token: send 'Authorization: Bearer <token>'")
     offered = credentials.credentials.encode()
     # compare with every token, always, so timing does not tell which one matched
     if not any([hmac.compare_digest(offered, token) for token in request.app.state.tokens]):
         raise ApiError(401, "unauthorized", "invalid bearer token")
+    return token_hash(offered)
+
+
+def token_hash(token: bytes) -> str:
+    """SHA-256 (hex) of a token: what the database keeps of a batch's owner, never the token itself."""
+    return hashlib.sha256(token).hexdigest()
+
+
+# The calling token's hash; FastAPI runs require_token once per request however many dependants name it.
+CallerDep = Annotated[str, Depends(require_token)]
 
 
 # What every route behind `require_token` may answer besides its own responses.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Self, get_type_hints
 from pydantic import BaseModel, Field, create_model
 
 from videoscore.core.variants import ASPECTS
-from videoscore.db.queries import AspectStats, BatchSummary, GroupStats
+from videoscore.db.queries import AspectStats, BatchSummary, BatchWebhook, GroupStats
 from videoscore.db.records import JobRecord
 
 
@@ -96,11 +96,22 @@ class GroupOut(BaseModel):
 
 
 class WebhookOut(BaseModel):
+    """A batch's webhook as its owner sees it; to any other token, a batch shows none (url null)."""
+
     url: str | None
     sent_at: datetime | None
     delivered_at: datetime | None
     attempts: int
-    last_error: str | None
+    last_error: str | None = Field(description="`HTTP <status>` or a generic connection error of the last try")
+
+    @classmethod
+    def of(cls, hook: BatchWebhook) -> "WebhookOut":
+        return cls(url=hook.url, sent_at=hook.sent_at, delivered_at=hook.delivered_at, attempts=hook.attempts,
+                   last_error=hook.last_error)
+
+    @classmethod
+    def none(cls) -> "WebhookOut":
+        return cls(url=None, sent_at=None, delivered_at=None, attempts=0, last_error=None)
 
 
 class BatchOut(BaseModel):
@@ -113,13 +124,16 @@ class BatchOut(BaseModel):
     webhook: WebhookOut
 
     @classmethod
-    def of(cls, summary: BatchSummary) -> "BatchOut":
+    def of(cls, summary: BatchSummary, *, caller: str | None = None) -> "BatchOut":
+        """The batch as `caller` (a token's hash) sees it: its webhook only if the caller owns the batch."""
+        owner = caller is not None and summary.owner_token_hash == caller
+        webhook = WebhookOut(url=summary.webhook_url, sent_at=summary.webhook_sent_at,
+                             delivered_at=summary.webhook_delivered_at, attempts=summary.webhook_attempts,
+                             last_error=summary.webhook_last_error) if owner else WebhookOut.none()
         return cls(
             batch=summary.batch, total=summary.total, counts=summary.counts, progress=summary.progress,
             mean_scores={a: s.mean for a, s in summary.stats.aspects.items()}, scores=GroupOut.of(summary.stats),
-            webhook=WebhookOut(url=summary.webhook_url, sent_at=summary.webhook_sent_at,
-                               delivered_at=summary.webhook_delivered_at, attempts=summary.webhook_attempts,
-                               last_error=summary.webhook_last_error),
+            webhook=webhook,
         )
 
 

@@ -110,15 +110,19 @@ class Job(Base):
 
 
 class Batch(Base):
-    """Per-batch settings that outlive any one job: the completion webhook and its delivery record.
+    """Per-batch settings that outlive any one job: its owner, the completion webhook and its delivery record.
 
-    A batch exists as jobs' `batch` name without a row here; a row appears when someone registers a webhook.
+    A batch exists as jobs' `batch` name without a row here; a row appears when an API token first names the
+    batch (submitting into it or registering its webhook: the token owns it) or the SDK registers a webhook.
     """
 
     __tablename__ = "batches"
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # SHA-256 (hex) of the API token that created the batch, never the token; NULL: the operator's (SDK, CLI, or
+    # created before batches had owners). Only the owner reads or changes the webhook through the API.
+    owner_token_hash: Mapped[str | None] = mapped_column(String(64))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # claimed by exactly one caller (conditional UPDATE … WHERE webhook_sent_at IS NULL), then delivered
     webhook_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

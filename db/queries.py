@@ -13,9 +13,11 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy import Select, Table, and_, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from videoscore.core.names import JobStatus
@@ -153,6 +155,7 @@ class BatchSummary:
     webhook_delivered_at: datetime | None
     webhook_attempts: int
     webhook_last_error: str | None
+    owner_token_hash: str | None = None  # the API token that created the batch (its hash); None: the operator's
 
     @property
     def progress(self) -> float:
@@ -174,6 +177,7 @@ def batch_summary(session: Session, batch: str) -> BatchSummary | None:
         webhook_url=row.webhook_url if row else None, webhook_sent_at=row.webhook_sent_at if row else None,
         webhook_delivered_at=row.webhook_delivered_at if row else None,
         webhook_attempts=row.webhook_attempts if row else 0, webhook_last_error=row.webhook_last_error if row else None,
+        owner_token_hash=row.owner_token_hash if row else None,
     )
 
 
@@ -283,7 +287,54 @@ def find_scored_duplicate(session: Session, key: ContentKey) -> ScoreResult | No
     )
 
 
-# --- batch webhooks ------------------------------------------------------------------------------------------
+# --- batch owners and webhooks -------------------------------------------------------------------------------
+
+
+def claim_batch(session: Session, batch: str, owner: str) -> bool:
+    """Make `batch` belong to `owner` (an API token's hash) if it is nobody's yet; True if it is `owner`'s.
+
+    Nobody's: no row here and no job named after it. A batch with jobs but no row was made through the SDK or
+    the CLI, or before batches had owners: the operator's, as a row without an owner is. Of concurrent claims
+    of a new name one inserts the row (… ON CONFLICT DO NOTHING) and the others read its owner.
+    """
+    found = session.execute(select(Batch.owner_token_hash).where(Batch.name == batch)).first()
+    if found is None:
+        if session.scalar(select(exists().where(Job.batch == batch))):
+            return False
+        session.execute(_insert_batch_if_new(session).values(name=batch, created_at=utcnow(), webhook_attempts=0,
+                                                             owner_token_hash=owner))
+        found = session.execute(select(Batch.owner_token_hash).where(Batch.name == batch)).first()
+    return found is not None and found[0] is not None and found[0] == owner
+
+
+def _insert_batch_if_new(session: Session) -> Any:
+    table = cast(Table, Batch.__table__)
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing(index_elements=["name"])
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=["name"])
+
+
+@dataclass(frozen=True)
+class BatchWebhook:
+    """A batch's row: its owner and its webhook (url None: none registered)."""
+
+    batch: str
+    owner_token_hash: str | None
+    url: str | None
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+def batch_webhook(session: Session, batch: str) -> BatchWebhook | None:
+    """The batch's owner and webhook, whether or not it has jobs yet; None when it has no row."""
+    row = session.get(Batch, batch)
+    if row is None:
+        return None
+    return BatchWebhook(batch=row.name, owner_token_hash=row.owner_token_hash, url=row.webhook_url,
+                        sent_at=row.webhook_sent_at, delivered_at=row.webhook_delivered_at,
+                        attempts=row.webhook_attempts, last_error=row.webhook_last_error)
 
 
 def set_batch_webhook(session: Session, batch: str, url: str) -> None:

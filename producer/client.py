@@ -12,7 +12,7 @@ from videoscore.core.names import TERMINAL_STATUSES
 from videoscore.core.queueing import enqueue_pipelined, make_celery_app, queue_for
 from videoscore.core.settings import Settings
 from videoscore.core.variants import ModelPolicy
-from videoscore.core.webhooks import check_webhook_url, fire_if_batch_complete
+from videoscore.core.webhooks import WebhookPolicy, check_webhook_url, fire_if_batch_complete
 from videoscore.db import jobs as job_queries
 from videoscore.db import queries
 from videoscore.db.queries import GroupStats, JobFilter, Page
@@ -173,7 +173,7 @@ class Client:
 
     def set_batch_webhook(self, batch: str, url: str) -> None:
         """Call `url` once when every job of `batch` has finished (now, if it already has)."""
-        check_webhook_url(url)
+        check_webhook_url(url, WebhookPolicy.of(self.settings))
         with self.db.transaction() as session:
             queries.set_batch_webhook(session, batch, url)
         fire_if_batch_complete(self.db, self.settings, batch)

@@ -2,7 +2,8 @@
 
 POST /jobs reads its body by hand (one job object or an array of them, validated all or nothing, each bad field
 named `jobs[3].prompt`), so FastAPI cannot describe it; `submit_body_schema` does, and create_app's OpenAPI
-serves it. An idempotency key names one job (409 naming the fields that differ when reused for another).
+serves it. A job's batch must be the calling token's or a new name (which becomes the token's: 409 otherwise),
+and an idempotency key names one job (409 naming the fields that differ when reused for another).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from videoscore.api.deps import ClientDep, JobFilterDep, SettingsDep
+from videoscore.api.deps import CallerDep, ClientDep, JobFilterDep, SettingsDep
 from videoscore.api.errors import ApiError, clean_message
 from videoscore.api.schemas import CancelOut, ErrorOut, JobOut, JobPage, SubmittedMany
 from videoscore.core.errors import (
@@ -29,7 +30,9 @@ from videoscore.core.jobspec import JobRequest, validate_job
 from videoscore.core.names import JobStatus, is_job_id
 from videoscore.core.settings import Settings
 from videoscore.core.variants import ModelPolicy
+from videoscore.db import queries
 from videoscore.db.queries import BadCursorError
+from videoscore.producer.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,11 @@ router = APIRouter(tags=["jobs"])
 
 @router.post("/jobs", status_code=201, response_model=JobOut | SubmittedMany,
              responses={200: {"model": JobOut, "description": "An existing job with the same idempotency key"},
-                        409: {"model": ErrorOut, "description": "An idempotency key names a different job"},
+                        409: {"model": ErrorOut, "description": "An idempotency key names a different job, or a "
+                              "batch belongs to another token"},
                         413: {"model": ErrorOut}, 503: {"model": ErrorOut}})
 async def submit_jobs(request: Request, response: Response, settings: SettingsDep,
-                      client: ClientDep) -> JobOut | SubmittedMany:
+                      client: ClientDep, caller: CallerDep) -> JobOut | SubmittedMany:
     """Submit one job (a JSON object) or many (a JSON array of them). Validated all or nothing."""
     payload = await _json_body(request)
     many = isinstance(payload, list)
@@ -52,6 +56,7 @@ async def submit_jobs(request: Request, response: Response, settings: SettingsDe
         raise ApiError(422, "validation_error", "an empty list submits nothing",
                        [{"field": "jobs", "message": "must hold at least one job"}])
     requests = _parse_jobs(payload if many else [payload], settings, many=many)
+    await run_in_threadpool(_claim_batches, client, requests, caller, many=many)
     try:
         results = await run_in_threadpool(client.submit_detailed, requests)
     except IdempotencyConflictError as exc:
@@ -96,6 +101,24 @@ def list_jobs(where: JobFilterDep, client: ClientDep,
     except BadCursorError as exc:
         raise ApiError(400, "bad_cursor", str(exc), [{"field": "query.cursor", "message": str(exc)}]) from None
     return JobPage(jobs=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
+
+
+def _claim_batches(client: Client, requests: list[JobRequest], caller: str, *, many: bool) -> None:
+    """Make each named batch the caller's, or refuse them all (409) if one belongs to another token or the operator."""
+    first_job: dict[str, int] = {}
+    for index, job in enumerate(requests):
+        if job.batch is not None:
+            first_job.setdefault(job.batch, index)
+    if not first_job:
+        return
+    with client.db.transaction() as session:
+        foreign = [batch for batch in first_job if not queries.claim_batch(session, batch, caller)]
+        if foreign:  # raised inside the transaction: no batch of this request is claimed
+            fields = [{"field": f"jobs[{first_job[b]}].batch" if many else "batch",
+                       "message": f"batch {b[:64]!r} belongs to another API token or to the operator"}
+                      for b in foreign]
+            raise ApiError(409, "batch_not_owned", f"batch {foreign[0][:64]!r} was created by another API token or "
+                           "by the operator: submit into a batch this token created, or a new name", fields)
 
 
 def _conflict(exc: IdempotencyConflictError, *, many: bool) -> ApiError:

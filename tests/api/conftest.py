@@ -28,12 +28,15 @@ class Api:
 
 
 def api_settings(database_url: str, broker_url: str, **overrides: object) -> Settings:
-    return Settings(
+    """The tests' API settings; webhook receivers run on this host, so loopback is opened through the settings
+    an on-prem operator would use (the allowlist and private addresses), never by default."""
+    fields: dict[str, object] = dict(
         database_url=database_url, broker_url=broker_url, queue=f"api-{uuid.uuid4().hex[:8]}",
         api_tokens=[TOKEN], api_max_body_bytes=200_000, api_max_jobs_per_request=500,
-        webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_timeout_s=5,  # type: ignore[arg-type]
-        poll_interval_s=0.1, **overrides,  # type: ignore[arg-type]
+        webhook_secret=WEBHOOK_SECRET, webhook_max_attempts=4, webhook_timeout_s=5,
+        webhook_allowed_hosts=["127.0.0.1"], webhook_allow_private_addresses=True, poll_interval_s=0.1,
     )
+    return Settings(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

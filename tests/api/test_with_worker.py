@@ -5,8 +5,6 @@ consumed like any other Celery message."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import subprocess
@@ -25,6 +23,7 @@ from tests.api.conftest import WEBHOOK_SECRET, api_settings
 from tests.api.servers import ApiProcess, WebhookReceiver
 from tests.workers import WorkerProcess
 from videoscore.core.settings import Settings
+from videoscore.core.webhooks import verify_signature
 from videoscore.db.migrate import upgrade
 from videoscore.worker.testing.servers import PostgresServer, RedisServer, S3Server
 from videoscore.worker.video.storage import make_s3_client
@@ -116,8 +115,8 @@ def test_the_worker_that_finishes_a_batch_fires_its_webhook_once(stack: Stack) -
         receiver.close()
     assert len(receiver.received) == 1, [r.body for r in receiver.received]
     [delivery] = received
-    assert delivery.headers["x-videoscore-signature"] == "sha256=" + hmac.new(
-        WEBHOOK_SECRET.encode(), delivery.body, hashlib.sha256).hexdigest()
+    delivery_id = verify_signature(WEBHOOK_SECRET, delivery.headers, delivery.body)
+    assert delivery_id == delivery.headers["x-videoscore-delivery"]
     assert delivery.json()["counts"] == {"succeeded": 2} and delivery.json()["stand_in_model"] is True
     assert summary["webhook"]["sent_at"] is not None
 

@@ -62,6 +62,14 @@ def old_database(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     return url
 
 
+def _head(url: str) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    from videoscore.db.migrate import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
 def _read(url: str) -> dict[str, dict[str, Any]]:
     engine = sa.create_engine(url)
     table = sa.Table("jobs", sa.MetaData(), autoload_with=engine)
@@ -86,7 +94,7 @@ def test_upgrading_a_0001_database_with_data_keeps_every_value(old_database: str
     before = _read(old_database)
     upgrade(old_database)
     after = _read(old_database)
-    assert current_revision(old_database) == "0002"
+    assert current_revision(old_database) == _head(old_database)
     assert set(after) == set(before) == {r["id"] for r in ROWS}
     for job_id, old in before.items():
         for column, value in old.items():
