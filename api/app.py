@@ -3,6 +3,9 @@ body-size limit, structured JSON errors (api.errors) and the served OpenAPI.
 
 Every error is `{"error": {"code", "message", "fields": [{"field", "message"}]}}`; validation errors name
 the field (`jobs[2].prompt`, `query.limit`). Health (`/healthz`) and readiness (`/readyz`) need no token.
+`/openapi.json` is always served; the Swagger UI (`/docs`) and ReDoc (`/redoc`) pages load their scripts from a
+public CDN, so they are served only when VIDEOSCORE_API_DOCS is set. Uvicorn's access log redacts the values of
+token-like query parameters (api.access_log).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from videoscore.api.access_log import install_access_log_redaction
 from videoscore.api.deps import PROTECTED_RESPONSES, require_token
 from videoscore.api.errors import install_error_handlers
 from videoscore.api.limits import BodySizeLimit
@@ -28,7 +32,10 @@ def create_app(settings: Settings | None = None, *, client: Client | None = None
         version="1",
         description="Submit AI-generated videos for VideoScore scoring and query their scores.",
         generate_unique_id_function=lambda route: route.name,  # operationId: the route function's name
+        docs_url="/docs" if settings.api_docs else None,  # both pages fetch their scripts from a CDN
+        redoc_url="/redoc" if settings.api_docs else None,
     )
+    install_access_log_redaction()
     app.state.settings = settings
     app.state.client = client or Client(settings)
     app.state.tokens = [t.get_secret_value().encode() for t in settings.api_tokens]

@@ -4,7 +4,8 @@
 heartbeat, throughput over the last five minutes and recent failures by kind. `videoscore fleet --serve
 PORT` instead serves `videoscore_queue_load{queue=…}` (queued + running jobs per queue) for Prometheus: it
 runs with no GPU worker up, which is what lets KEDA scale a worker Deployment from zero. Workers export the
-same gauge (worker.metrics), so a query should take `max` over the series. Light: no model stack.
+same gauge (worker.metrics), so a query should take `max` over the series. It binds VIDEOSCORE_METRICS_HOST
+(loopback unless set; the container recipes set 0.0.0.0). Light: no model stack.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -70,12 +72,18 @@ class QueueLoadCollector:
         return iter(())  # no describe-time query: registering must not touch the database
 
 
-def serve_queue_load(db: Database, port: int) -> None:
-    """Serve the queue-load gauge on `port` until interrupted (the exporter Deployment's entry point)."""
+def start_queue_load_server(db: Database, port: int, host: str = "127.0.0.1") -> Any:
+    """Start serving the queue-load gauge on `host`:`port` in a thread; the HTTP server (shutdown() stops it)."""
     registry = CollectorRegistry()
     registry.register(QueueLoadCollector(db))
-    start_http_server(port, registry=registry)
-    log.info("serving %s on :%d/metrics", QUEUE_LOAD_METRIC, port)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    log.info("serving %s on %s:%d/metrics", QUEUE_LOAD_METRIC, host, port)
+    return server
+
+
+def serve_queue_load(db: Database, port: int, host: str = "127.0.0.1") -> None:
+    """Serve the queue-load gauge on `host`:`port` until interrupted (the exporter Deployment's entry point)."""
+    start_queue_load_server(db, port, host)
     while True:
         time.sleep(3600)
 

@@ -21,7 +21,8 @@ RUN pip install '.[api]'
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 10001 videoscore
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+# the exporter's /metrics must be reachable from Prometheus in another container (loopback is the default)
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 VIDEOSCORE_METRICS_HOST=0.0.0.0
 USER videoscore
 EXPOSE 8000 9109
 ENTRYPOINT ["videoscore"]

@@ -326,7 +326,7 @@ def fleet(
         import logging
 
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        serve_queue_load(database, serve)
+        serve_queue_load(database, serve, settings.metrics_host)
     if resend_queued_after is not None:
         sent = resend_long_queued(database, settings, sent_before_s=resend_queued_after)
         console.print(f"re-sent {sent} jobs queued for more than {resend_queued_after:.0f}s")

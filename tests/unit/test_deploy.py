@@ -133,3 +133,30 @@ def test_worker_pods_get_a_gpu_time_to_drain_and_the_metrics_port() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert all((K8S / name).is_file() for name in kustomization["resources"])
     assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_metrics_bind_loopback_unless_a_container_recipe_opens_them_to_its_scraper() -> None:
+    from videoscore.core.fleet import start_queue_load_server
+    from videoscore.db.session import Database
+    from videoscore.worker.service import metrics
+    from videoscore.worker.testing.servers import free_port
+
+    assert Settings().metrics_host == "127.0.0.1"
+    worker_server = metrics.serve(free_port())
+    assert worker_server is not None and worker_server.server_address[0] == "127.0.0.1"
+    worker_server.shutdown()
+    worker_server.server_close()
+    exporter_server = start_queue_load_server(Database("sqlite://"), free_port())
+    assert exporter_server.server_address[0] == "127.0.0.1"
+    exporter_server.shutdown()
+    exporter_server.server_close()
+    # every recipe that serves metrics to a scraper in another container or pod says so explicitly
+    assert "VIDEOSCORE_METRICS_HOST=0.0.0.0" in (DOCKER / "worker.Dockerfile").read_text()
+    assert "VIDEOSCORE_METRICS_HOST=0.0.0.0" in (DOCKER / "producer.Dockerfile").read_text()
+    services = _compose()["services"]
+    for name in ("worker", "exporter"):
+        assert services[name]["environment"]["VIDEOSCORE_METRICS_HOST"] == "0.0.0.0", name
+    for manifest in ("worker-deployment.yaml", "exporter-deployment.yaml"):
+        [container] = _k8s(manifest)[0]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert env.get("VIDEOSCORE_METRICS_HOST") == "0.0.0.0", manifest

@@ -50,7 +50,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, preload: b
     from videoscore.core.fleet import QueueLoadCollector
 
     metrics.register(QueueLoadCollector(runtime.db))
-    metrics_server = metrics.serve(settings.metrics_port)
+    metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host)
     runtime.engine.start(preload=resolve_model(settings.model) if preload else None)
     maintenance = Maintenance(runtime, app)
     maintenance.start()

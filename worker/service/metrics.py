@@ -1,4 +1,5 @@
-"""Prometheus metrics of one worker process, served on VIDEOSCORE_METRICS_PORT (default 9108; 0 turns it off).
+"""Prometheus metrics of one worker process, served on VIDEOSCORE_METRICS_HOST:VIDEOSCORE_METRICS_PORT (default
+127.0.0.1:9108; port 0 turns it off; containers set the host to 0.0.0.0 so Prometheus reaches it).
 
 What a fleet operator watches: jobs by outcome, where the time goes per stage (download, decode,
 preprocess, forward, persist), how full the batches are, how long the model took to load, the GPU's peak
@@ -91,10 +92,11 @@ def register(collector: Any) -> None:
     REGISTRY.register(collector)
 
 
-def serve(port: int) -> Any | None:
-    """Start the /metrics HTTP server on all interfaces (a scraper must reach it); port 0 means off."""
+def serve(port: int, host: str = "127.0.0.1") -> Any | None:
+    """Start the /metrics HTTP server on `host` (VIDEOSCORE_METRICS_HOST: loopback unless a scraper on another
+    host must reach it); port 0 means off."""
     if port <= 0:
         return None
-    server, _thread = start_http_server(port, registry=REGISTRY)
-    log.info("metrics on :%d/metrics", port)
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    log.info("metrics on %s:%d/metrics", host, port)
     return server
