@@ -48,9 +48,21 @@ class Settings(BaseSettings):
     allowed_buckets: list[str] = Field(
         default_factory=list, description="Buckets a worker may read (JSON list); empty allows all"
     )
-    allow_file_uris: bool = Field(True, description="Whether workers may read file:// videos")
+    allow_file_uris: bool = Field(
+        False, description="Whether workers may read file:// videos (only under file_roots; off by default)"
+    )
+    file_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders file:// videos may be read from (JSON list), after resolving symlinks and ..; "
+        "empty: none",
+    )
     max_video_bytes: int = Field(512 * 1024 * 1024, description="Largest video a worker downloads")
     max_video_pixels: int = Field(3840 * 2160, description="Largest frame (width × height) a worker decodes")
+    max_decode_bytes: int = Field(
+        2 * 1024**3,
+        description="Memory a job's sampled frames may take (RGB bytes × the model family's copies while "
+        "preprocessing); a larger job fails as video_too_large before decoding",
+    )
 
     # the model
     model: str = Field(DEFAULT_MODEL, description="Default model: hub id or local checkpoint folder")

@@ -50,7 +50,9 @@ def _scored_batch(db: Database, video: Path, batch: str, bases: list[float], *, 
 def client(tmp_path: Path) -> Client:
     url = f"sqlite:///{tmp_path / 'report.db'}"
     upgrade(url)
-    settings = Settings(database_url=url, broker_url="redis://127.0.0.1:1/0")
+    # the frame strips read the videos as a worker would: file:// only under the roots it is given
+    settings = Settings(database_url=url, broker_url="redis://127.0.0.1:1/0", allow_file_uris=True,
+                        file_roots=[str(tmp_path)])
     db = Database(url)
     video = make_video(tmp_path / "clip.mp4", frames=30, size=(128, 96))
     _scored_batch(db, video, "run-42", [1.0, 1.4, 2.2, 2.6, 3.0, 3.3], stand_in=True)

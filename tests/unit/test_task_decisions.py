@@ -160,7 +160,8 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerHarness]:
-    with WorkerHarness(tmp_path_factory.mktemp("harness")) as harness:
+    # the harness reads file:// videos; they live in this run's temporary folders
+    with WorkerHarness(tmp_path_factory.mktemp("harness"), file_roots=[str(tmp_path_factory.getbasetemp())]) as harness:
         yield harness
 
 
@@ -170,7 +171,8 @@ def make_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerHarness]]:
     made: list[WorkerHarness] = []
 
     def make(**settings: object) -> WorkerHarness:
-        harness = WorkerHarness(tmp_path / f"worker-{len(made)}", **settings).start()
+        harness = WorkerHarness(tmp_path / f"worker-{len(made)}", **{"file_roots": [str(tmp_path.parent)], **settings})
+        harness.start()
         made.append(harness)
         return harness
 

@@ -2,11 +2,19 @@
 
 Only `s3://` and `file://` are ever fetched (no SSRF through arbitrary URLs), S3 buckets can be limited to an
 allowlist, and an object larger than the configured limit is refused before its body is read.
+
+`file://` is off unless `allow_file_uris` is set, and then reads only regular files under `file_roots`,
+judged after percent-decoding and resolving `..` and symlinks; a URI naming a host is refused. A file outside
+the roots, missing, or not a regular file (a FIFO, a device, a folder) fails the same way, kind and message,
+so a job cannot learn what exists on a worker's disk; only a file a worker may read reports its size.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +36,11 @@ from videoscore.core.errors import (
 )
 from videoscore.core.settings import Settings
 
+log = logging.getLogger(__name__)
+
 CHUNK_BYTES = 1024 * 1024
+# Never videos, whatever the roots say: the kernel's views of processes, devices and settings.
+_KERNEL_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
 NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 DENIED_CODES = {"AccessDenied", "403", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
@@ -74,7 +86,7 @@ class VideoStore:
             if parsed.scheme == "s3":
                 yield self._fetch_s3(parsed.netloc, parsed.path.lstrip("/"), scratch)
             elif parsed.scheme == "file":
-                yield self._fetch_file(Path(unquote(parsed.path)))
+                yield self._fetch_file(parsed.netloc, unquote(parsed.path))
             else:
                 raise VideoAccessDeniedError(
                     f"scheme {parsed.scheme!r} is not fetched by workers (s3:// or file:// only)"
@@ -106,15 +118,37 @@ class VideoStore:
             raise StorageUnavailableError(f"S3 unreachable while reading s3://{bucket}/{key}: {exc}") from None
         return str(response.get("ETag", "")).strip('"') or None
 
-    def _fetch_file(self, path: Path) -> FetchedVideo:
+    def _fetch_file(self, host: str, path: str) -> FetchedVideo:
         if not self.settings.allow_file_uris:
             raise VideoAccessDeniedError("file:// videos are disabled on this worker (VIDEOSCORE_ALLOW_FILE_URIS)")
+        if host:
+            raise VideoAccessDeniedError(f"file:// URIs name no host (file:///path), got host {host!r}")
         started = time.perf_counter()
-        if not path.is_file():
-            raise VideoNotFoundError(f"no such file: {path}")
-        size = path.stat().st_size
-        self._check_size(size, str(path))
-        return FetchedVideo(path=path, size_bytes=size, etag=None, download_s=time.perf_counter() - started)
+        resolved = self._readable_file(path)
+        size = resolved.stat().st_size
+        self._check_size(size, str(resolved))
+        return FetchedVideo(path=resolved, size_bytes=size, etag=None, download_s=time.perf_counter() - started)
+
+    def _readable_file(self, path: str) -> Path:
+        """`path` resolved, if it is a regular file under a file root; else the one error for every reason."""
+        unavailable = VideoNotFoundError(f"no such file: {path}")
+        if "\0" in path or not os.path.isabs(path):
+            raise unavailable
+        resolved = os.path.realpath(path)  # symlinks and .. (percent-decoding was done by the caller)
+        roots = [os.path.realpath(root) for root in self.settings.file_roots]
+        if any(_is_within(resolved, kernel) for kernel in _KERNEL_FILE_SYSTEMS) or not any(
+            _is_within(resolved, root) for root in roots
+        ):
+            log.info("file:// %s resolves to %s, outside VIDEOSCORE_FILE_ROOTS %s", path, resolved, roots)
+            raise unavailable
+        try:
+            mode = os.stat(resolved).st_mode  # stat only: a FIFO or device is never opened
+        except OSError:
+            raise unavailable from None
+        if not stat.S_ISREG(mode):
+            log.info("file:// %s is not a regular file", path)
+            raise unavailable
+        return Path(resolved)
 
     def _fetch_s3(self, bucket: str, key: str, scratch: Path) -> FetchedVideo:
         allowed = self.settings.allowed_buckets
@@ -144,6 +178,10 @@ class VideoStore:
         limit = self.settings.max_video_bytes
         if size > limit:
             raise VideoTooLargeError(f"{where} is {size:,} bytes; the limit is {limit:,} (VIDEOSCORE_MAX_VIDEO_BYTES)")
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _bucket_exists_or_unknown(s3: Any, bucket: str) -> bool:
