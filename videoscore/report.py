@@ -5,7 +5,8 @@ p10–p90 ranges, from db.queries.aggregate), the lowest-scoring videos with the
 frames the model saw, and the failures by kind. Charts are matplotlib (Agg); the page is a Jinja2 template.
 
 Frame strips fetch each shown video with the worker's own code (worker.storage.VideoStore, then
-worker.frames.read_frames at the job's stored frame indices). Without the worker extra the report says so
+worker.frames.read_frames at the job's stored frame indices), under the worker's limits: the same file:// roots,
+locked-down demuxers, pixel limit and memory budget. Without the worker extra the report says so
 and has no strips. Scores from an untrained stand-in model are labelled as such on the page and the charts.
 """
 
@@ -246,11 +247,13 @@ def _frame_strips(client: Client, worst: list[WorstVideo], out: Path) -> str | N
     try:
         from PIL import Image
 
-        from videoscore.worker.video.frames import read_frames
+        from videoscore.worker.video.frames import MemoryBudget, read_frames
         from videoscore.worker.video.storage import VideoStore
     except ImportError as exc:
         return f"frame strips need the worker extra (pip install 'videoscore-queue[worker]'): {exc.name} is missing"
-    store = VideoStore(client.settings)
+    settings = client.settings
+    store = VideoStore(settings)
+    budget = MemoryBudget(max_bytes=settings.max_decode_bytes)
     (out / "frames").mkdir(exist_ok=True)
     for item in worst:
         indices = item.record.frame_indices or []
@@ -261,7 +264,7 @@ def _frame_strips(client: Client, worst: list[WorstVideo], out: Path) -> str | N
         wanted = indices[::step][:STRIP_FRAMES]
         try:
             with store.fetch(item.record.video_uri) as fetched:
-                frames = read_frames(fetched.path, wanted)
+                frames = read_frames(fetched.path, wanted, max_pixels=settings.max_video_pixels, budget=budget)
         except Exception as exc:  # noqa: BLE001 - one unreadable video must not sink the report
             item.strip_note = f"frames unavailable: {type(exc).__name__}: {str(exc)[:160]}"
             continue

@@ -28,6 +28,8 @@ from tests.media import (
     make_zero_header_count_video,
 )
 from videoscore.core.errors import PermanentError, VideoDecodeError, VideoTooLargeError
+from videoscore.worker.model.qwen2_vl import recipe as qwen2_vl_recipe
+from videoscore.worker.testing.media import cut_mid_gop
 from videoscore.worker.video.frames import (
     SampledVideo,
     VideoInfo,
@@ -229,6 +231,46 @@ def test_indexed_reader_falls_back_to_the_reference_loop_when_timestamps_cannot_
     assert [frame_number_of(frame) for frame in fast.frames] == indices
 
 
+# --- a stream cut mid-GOP: frames before its first keyframe are no frames ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def mid_gop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MPEG-TS segment cut two packets before a keyframe: 52 frame packets, of which 50 decode."""
+    folder = tmp_path_factory.mktemp("mid-gop")
+    whole = make_video(folder / "whole.ts", frames=74, size=SMALL, gop=24, bframes=0)
+    return cut_mid_gop(whole, folder / "segment.ts", leading=2)
+
+
+def test_the_mid_gop_segment_is_what_its_name_says(mid_gop: Path) -> None:
+    with av.open(str(mid_gop)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+    assert len(packets) == 52 and [p.is_keyframe for p in packets[:3]] == [False, False, True]
+    with av.open(str(mid_gop)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 50  # the decoder drops the two
+
+
+def test_frames_before_the_first_keyframe_are_not_counted(mid_gop: Path) -> None:
+    info = probe_video(mid_gop)
+    assert (info.total_frames, info.header_frames) == (50, 0)
+
+
+@pytest.mark.parametrize("method", ["indexed", "decode_all"])
+@pytest.mark.parametrize("num_frames", [16, 48])
+def test_a_segment_cut_mid_gop_is_sampled_from_its_first_keyframe(mid_gop: Path, method: str, num_frames: int) -> None:
+    sampled = sample_video(mid_gop, num_frames, method=method)
+    assert sampled.indices == model_card_indices(50, num_frames)
+    # frame 0 is the whole clip's frame 24, its keyframe
+    assert [frame_number_of(frame) for frame in sampled.frames] == [24 + i for i in sampled.indices]
+
+
+def test_qwen2_vl_samples_a_segment_cut_mid_gop_over_the_frames_that_decode(mid_gop: Path) -> None:
+    """As torchvision's reader (qwen-vl-utils) does: 50 frames at 24 fps, 16 of them at 8 fps."""
+    sampled = qwen2_vl_recipe.sample_video(mid_gop)
+    assert sampled.info.total_frames == 50 and sampled.indices == qwen2_vl_recipe.sample_indices(50, 24.0)
+    assert [frame_number_of(frame) for frame in sampled.frames] == [24 + i for i in sampled.indices]
+
+
 # --- probing -----------------------------------------------------------------------------------------------
 
 
@@ -270,6 +312,25 @@ def test_probe_enforces_the_pixel_limit(clips: dict[str, Path]) -> None:
         probe_video(clips["short"], max_pixels=160 * 120 - 1)
     with pytest.raises(VideoTooLargeError):
         sample_video(clips["short"], 16, max_pixels=100)
+    with pytest.raises(VideoTooLargeError):
+        read_frames(clips["short"], [0], max_pixels=100)
+
+
+def test_a_video_at_the_pixel_limit_decodes_the_same_frames(clips: dict[str, Path]) -> None:
+    # the limit also caps what FFmpeg may allocate while probing and decoding; at the limit nothing changes
+    for clip in ("short", "B-frames (gop 24)", "HEVC, open GOP (mkv)"):
+        limited = sample_video(clips[clip], 16, max_pixels=160 * 120)
+        assert_same_pixels(limited.frames, sample_video(clips[clip], 16).frames)
+
+
+def test_sampling_is_refused_before_decoding_when_the_frames_do_not_fit_the_budget(clips: dict[str, Path]) -> None:
+    # 16 frames of 160x120 RGB are 0.9 MiB; with 5 copies 4.4 MiB
+    budget = frames_module.MemoryBudget(max_bytes=4 * 2**20, copies=5)
+    with pytest.raises(VideoTooLargeError, match=r"16 frames of 160x120 need about 4.4 MiB .* budget of 4.0 MiB"):
+        sample_video(clips["short"], 16, budget=budget)
+    with pytest.raises(VideoTooLargeError, match="budget"):
+        read_frames(clips["short"], list(range(16)), budget=budget)
+    assert len(sample_video(clips["short"], 14, budget=budget).frames) == 14  # 3.8 MiB fits
 
 
 # --- bad inputs: the right error kind, with a reason a person can act on -------------------------------------

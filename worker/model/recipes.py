@@ -26,7 +26,7 @@ from videoscore.worker.model.idefics2.modeling import default_attn_implementatio
 from videoscore.worker.model.prompt import build_eval_prompt
 from videoscore.worker.model.qwen2_vl import recipe as qwen2_vl_recipe
 from videoscore.worker.model.qwen2_vl.modeling import VideoScoreQwen2VLForSequenceClassification
-from videoscore.worker.video.frames import SampledVideo, sample_video
+from videoscore.worker.video.frames import DEFAULT_MAX_DECODE_BYTES, MemoryBudget, SampledVideo, sample_video
 
 if TYPE_CHECKING:
     from videoscore.worker.model.scorer import ScoreRequest
@@ -39,6 +39,9 @@ class ScoringRecipe:
     model_class: ClassVar[type[PreTrainedModel]]
     # Inputs holding pixels: moved to the device in the model's dtype.
     pixel_keys: ClassVar[tuple[str, ...]]
+    # Copies of each sampled frame's bytes a job holds at its peak, the frames themselves included (sampling,
+    # then ``encode``): what the memory budget multiplies frames by. Measured, see the subclasses.
+    frame_copies: ClassVar[float]
 
     def load_processor(self, source: str) -> Any:
         raise NotImplementedError
@@ -57,15 +60,34 @@ class ScoringRecipe:
         """One batch of requests as model inputs, right-padded, with ``input_ids`` and ``attention_mask``."""
         raise NotImplementedError
 
-    def sample(self, path: Path, *, num_frames: int | None, max_pixels: int | None) -> SampledVideo:
-        """Read the frames this family scores; ``num_frames`` overrides the recipe's count when given."""
+    def sample(
+        self,
+        path: Path,
+        *,
+        num_frames: int | None,
+        max_pixels: int | None,
+        max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    ) -> SampledVideo:
+        """Read the frames this family scores; ``num_frames`` overrides the recipe's count when given.
+
+        Refuses with ``VideoTooLargeError`` before decoding when a frame is over ``max_pixels`` or the frames,
+        ``frame_copies`` times over, would not fit ``max_decode_bytes`` (None: no budget).
+        """
         raise NotImplementedError
+
+    def budget(self, max_decode_bytes: int | None) -> MemoryBudget:
+        return MemoryBudget(max_bytes=max_decode_bytes, copies=self.frame_copies)
 
 
 class Idefics2Recipe(ScoringRecipe):
     family = "idefics2"
     model_class = VideoScoreForSequenceClassification
     pixel_keys = ("pixel_values",)
+    # Measured (CPU, the checkpoints' processor, PIL backend): peak memory of sampling + encode grows by 4.0-5.0x
+    # the frames' bytes per extra byte of frame (8 frames at 720p..4K: the frames, their PIL copies, the
+    # processor's arrays before it resizes to 980 px); on top of that, a fixed ~22 MB a frame of processor
+    # output, which does not depend on the video and is counted as the model's.
+    frame_copies = 5.0
 
     def __init__(self, num_frames: int = 48) -> None:
         self.num_frames = num_frames
@@ -85,14 +107,29 @@ class Idefics2Recipe(ScoringRecipe):
         images = [[Image.fromarray(frame) for frame in r.frames] for r in requests]
         return processor(text=texts, images=images, padding="longest", return_tensors="pt")
 
-    def sample(self, path: Path, *, num_frames: int | None, max_pixels: int | None) -> SampledVideo:
-        return sample_video(path, num_frames or self.num_frames, max_pixels=max_pixels)
+    def sample(
+        self,
+        path: Path,
+        *,
+        num_frames: int | None,
+        max_pixels: int | None,
+        max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    ) -> SampledVideo:
+        return sample_video(
+            path, num_frames or self.num_frames, max_pixels=max_pixels, budget=self.budget(max_decode_bytes)
+        )
 
 
 class Qwen2VLRecipe(ScoringRecipe):
     family = "qwen2_vl"
     model_class = VideoScoreQwen2VLForSequenceClassification
     pixel_keys = ("pixel_values_videos",)
+    # Of the frames *kept* (resized to qwen-vl-utils' size while decoding where that is smaller, see
+    # qwen2_vl.recipe). Measured (CPU): sampling + encode peak at 2.2-3.0x the kept frames' bytes (64-768 frames,
+    # 360p-1080p), with a processor that adds little; the checkpoint's own processor then scales each frame to
+    # its 256-640 x 28 x 28 pixels in float32, a working set set by the frame count alone (about 7.6 MB a frame,
+    # 5.9 GB at 768 frames) that is counted as the model's.
+    frame_copies = 3.0
 
     def load_processor(self, source: str) -> qwen2_vl_recipe.Qwen2VLInputs:
         return qwen2_vl_recipe.Qwen2VLInputs.from_pretrained(source)
@@ -105,8 +142,17 @@ class Qwen2VLRecipe(ScoringRecipe):
     def encode(self, processor: qwen2_vl_recipe.Qwen2VLInputs, requests: Sequence[ScoreRequest]) -> BatchFeature:
         return processor.encode([r.prompt for r in requests], [r.frames for r in requests])
 
-    def sample(self, path: Path, *, num_frames: int | None, max_pixels: int | None) -> SampledVideo:
-        return qwen2_vl_recipe.sample_video(path, nframes=num_frames, max_pixels=max_pixels)
+    def sample(
+        self,
+        path: Path,
+        *,
+        num_frames: int | None,
+        max_pixels: int | None,
+        max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    ) -> SampledVideo:
+        return qwen2_vl_recipe.sample_video(
+            path, nframes=num_frames, max_pixels=max_pixels, budget=self.budget(max_decode_bytes)
+        )
 
 
 def recipe_for(family: Family, *, num_frames: int = 48) -> ScoringRecipe:

@@ -265,6 +265,98 @@ def make_zero_frame_video(path: Path, *, size: tuple[int, int] = (160, 120)) -> 
     return path
 
 
+def make_black_video(
+    path: Path, *, frames: int, size: tuple[int, int], fps: int = 24, gop: int | None = None
+) -> Path:
+    """Write a clip of black frames: a few KB that decode to `frames` full-size frames (a memory bomb's shape).
+
+    The frames are made in YUV and reused, so even a 16384x8192 header costs one such frame to write; x264's
+    fastest preset, and `gop=None` means one keyframe for the whole clip (x264's default interval of 250).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    options = _encoder_options("libx264", gop, None, "ultrafast")
+    with av.open(str(path), "w", format=_container_format(path)) as container:
+        stream = container.add_stream("libx264", rate=fps, options=options)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError("libx264 is not a video encoder")
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        black = av.VideoFrame(width, height, "yuv420p")
+        for plane, value in zip(black.planes, (16, 128, 128)):  # video-range black
+            plane.update(bytes([value]) * plane.buffer_size)
+        for index in range(frames):
+            black.pts = index
+            black.time_base = Fraction(1, fps)
+            container.mux(stream.encode(black))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_size_switching_video(
+    path: Path, *, small: tuple[int, int] = (64, 64), large: tuple[int, int] = (3840, 2160), frames: int = 24
+) -> Path:
+    """Write an MPEG-TS whose H.264 stream starts at `small` and switches to `large` after `frames` frames.
+
+    Its header (and its first keyframe) says `small`; the larger frames that follow are what a size check on
+    the header alone would let through. Black frames, so the file stays a few KB.
+    """
+    path = Path(path)
+    if path.suffix != ".ts":
+        raise ValueError("a stream changes size mid-way in MPEG-TS; use a .ts path")
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("h264", rate=24)
+        stream.width, stream.height = small
+        stream.pix_fmt = "yuv420p"
+        for number, size in enumerate((small, large)):
+            for packet in _encode_black(size, frames, start=number * frames):
+                packet.stream = stream
+                container.mux(packet)
+    return path
+
+
+def _encode_black(size: tuple[int, int], frames: int, *, start: int) -> list[av.Packet]:
+    encoder = av.CodecContext.create("libx264", "w")
+    if not isinstance(encoder, av.VideoCodecContext):
+        raise ValueError("libx264 is not a video encoder")
+    encoder.width, encoder.height = size
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = Fraction(1, 24)
+    encoder.options = {**_encoder_options("libx264", None, None, "ultrafast"), "x264-params": "repeat-headers=1"}
+    black = av.VideoFrame(size[0], size[1], "yuv420p")
+    for plane, value in zip(black.planes, (16, 128, 128)):
+        plane.update(bytes([value]) * plane.buffer_size)
+    packets: list[av.Packet] = []
+    for index in range(start, start + frames):
+        black.pts = index
+        black.time_base = Fraction(1, 24)
+        packets += encoder.encode(black)
+    packets += encoder.encode(None)
+    return packets
+
+
+def cut_mid_gop(source: Path, path: Path, *, leading: int = 2) -> Path:
+    """Write `source` (an MPEG-TS) cut so it starts `leading` packets before its second keyframe.
+
+    Like an HLS segment cut mid-GOP: the container's tables (PAT/PMT) are kept, then the bytes from the
+    start of that packet on; the `leading` pictures' references are gone, so a decoder drops them.
+    """
+    if Path(source).suffix != ".ts":
+        raise ValueError("cut an MPEG-TS (.ts): it can start at any packet")
+    with av.open(str(source)) as container:
+        packets = [(p.pos, p.is_keyframe) for p in container.demux(container.streams.video[0]) if p.size]
+    keyframes = [number for number, (_, keyframe) in enumerate(packets) if keyframe]
+    if len(keyframes) < 2 or keyframes[1] < leading:
+        raise ValueError(f"{source} needs a second keyframe at least {leading} packets in")
+    data = Path(source).read_bytes()
+    start = packets[keyframes[1] - leading][0]
+    Path(path).write_bytes(data[: packets[0][0]] + data[start:])
+    return Path(path)
+
+
 # --- writing ---------------------------------------------------------------------------------------------
 
 

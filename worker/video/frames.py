@@ -7,7 +7,11 @@ Owns four things, and nothing else touches PyAV for them:
 * `read_frames` — the RGB pixels of chosen frame numbers, by the model card's decode-everything loop
   ("decode_all", the reference) or by the fast keyframe-guided reader ("indexed", the default), which
   returns pixel-identical frames.
-* `sample_video` — the one call a worker makes: probe, pick indices, read.
+* `sample_video` — the one call a worker makes: probe, pick indices, check the memory budget, read.
+
+Every file is opened the same locked-down way (`open_video`): only the `file` protocol, only demuxers of
+containers that carry their media in the file itself (`ALLOWED_DEMUXERS`), and a cap on the pixels a decoder may
+allocate that holds before FFmpeg decodes anything. The README's Security section lists the attacks these stop.
 
 A "frame number" here means what the model card means: the position of a frame in the order the decoder
 outputs it (its presentation order), counting from 0.
@@ -34,6 +38,20 @@ map anyway) to count the frames actually there:
 caller can log the disagreement. Known limit: a headerless (MKV/WebM) file cut at a block boundary looks
 exactly like a shorter video at the demux level and is sampled as one.
 
+Frames before the stream's first keyframe (in decode order) are not frames of the video: a segment cut
+mid-GOP starts with pictures whose references are missing, which the decoder drops. They are left out of the
+count, so frame 0 is the first frame that decodes, for the indices, the truncation check and both readers
+(FFmpeg's own count in a header still includes them; it is compared with every packet).
+
+Decision: how much memory a job may take
+----------------------------------------
+A tiny file can expand into gigabytes of frames (a few KB of black 4K frames; a header declaring
+16384x8192). So the frame size is read from the stream header, and checked, before any frame is decoded
+(FFmpeg's probe is held to about twice the pixel limit meanwhile, and each decoder to the header's size), and a
+job's sampled frames times their RGB size times the copies its model family makes of them while preprocessing
+(`MemoryBudget.copies`, measured per recipe) must fit `MemoryBudget.max_bytes` (VIDEOSCORE_MAX_DECODE_BYTES), or
+the job is refused as `video_too_large` before decoding starts.
+
 Frames are numbered by presentation timestamp rank (so B-frames, stored out of order, map correctly). If
 a stream's timestamps cannot name frames (missing or repeated), or the decoder is caught emitting a
 sequence that disagrees with the timestamp ranks (it skipped a frame), or the container cannot seek, the
@@ -51,11 +69,12 @@ import bisect
 import errno
 import functools
 import logging
+import math
 import operator
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -80,6 +99,35 @@ _T = TypeVar("_T")
 # mean the file is text, not video.
 _TEXT_ART_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
 
+# Demuxers of containers that hold their media in the file itself. The rest are refused before their header
+# is parsed: HLS/DASH playlists, concat scripts and image sequences make FFmpeg open other files or URLs, and
+# the "tty" demuxer turns any text into frames. Names as FFmpeg's format_whitelist matches them (any one name
+# of a demuxer's comma-separated list).
+ALLOWED_DEMUXERS = (
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "flv", "mpeg", "ivf", "ogg", "asf", "gif",
+)
+_DEMUXER_OPTIONS = {
+    "protocol_whitelist": "file",  # the one path we were given, nothing it names
+    "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+    "enable_drefs": "0",  # MOV data references to other files: FFmpeg's default, pinned
+}
+# What the first bytes of a refused file say it is, for a message a person can act on.
+_REFERENCING_FORMATS = (
+    (b"#EXTM3U", "an HLS playlist"),
+    (b"ffconcat", "an FFmpeg concat script"),
+    (b"<?xml", "an XML manifest (DASH?)"),
+    (b"<MPD", "a DASH manifest"),
+)
+
+# The default of VIDEOSCORE_MAX_DECODE_BYTES (core.settings.Settings.max_decode_bytes).
+DEFAULT_MAX_DECODE_BYTES = 2 * 1024**3
+# Full-size RGB frames' worth of memory a decoder holds besides the frames we keep: up to 16 reference pictures
+# (H.264/HEVC, 4:2:0, half an RGB frame each), one more per frame thread, and the frame being converted.
+DECODER_FRAMES = 16
+# Slack between a stream header's frame size and what its decoder may allocate: FFmpeg checks the width
+# rounded up to its stride alignment (up to 64), and coded heights round up to whole macroblocks.
+_DECODER_SLACK = 64
+
 # Frame threading decodes several frames at once (one thread per core, plus one); PyAV's default, slice
 # threading, leaves x264's single-slice streams on one core. Frames are bit-identical either way.
 _DECODER_THREAD_TYPE = "AUTO"
@@ -103,6 +151,45 @@ def sample_indices(total_frames: int, num_frames: int) -> list[int]:
     else:
         indices = np.arange(total_frames)
     return [int(i) for i in indices]
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How much memory one job's frames may take: checked from the stream header, before decoding.
+
+    `copies` is how many times a job holds each sampled frame's bytes at its peak (the frames themselves
+    included): the model family's preprocessing copies them (`ScoringRecipe.frame_copies`). `max_bytes=None`
+    checks nothing.
+    """
+
+    max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
+    copies: float = 1.0
+
+    def needed(self, frames: int, width: int, height: int, *, kept_frame_bytes: int | None = None) -> int:
+        """Bytes a job needs for `frames` frames of `width` x `height`, kept as `kept_frame_bytes` each.
+
+        Decoding holds the kept frames plus the decoder's own pictures (`DECODER_FRAMES` full-size frames);
+        preprocessing, later, the kept frames `copies` times: the larger of the two.
+        """
+        full = width * height * 3
+        holding = frames * (full if kept_frame_bytes is None else kept_frame_bytes)
+        return max(math.ceil(holding * self.copies), holding + DECODER_FRAMES * full)
+
+    def check(self, frames: int, width: int, height: int, *, kept_frame_bytes: int | None = None) -> None:
+        """Raise `VideoTooLargeError` (needed vs budget) when the frames do not fit."""
+        if self.max_bytes is None:
+            return
+        needed = self.needed(frames, width, height, kept_frame_bytes=kept_frame_bytes)
+        if needed > self.max_bytes:
+            raise VideoTooLargeError(
+                f"{frames} frames of {width}x{height} need about {_mib(needed)} of memory to sample and preprocess "
+                f"(RGB frames x {self.copies:g} copies, or while decoding {DECODER_FRAMES} more frames), over the "
+                f"budget of {_mib(self.max_bytes)} (VIDEOSCORE_MAX_DECODE_BYTES = {self.max_bytes})"
+            )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:,.{1 if size < 10 * 2**20 else 0}f} MiB"
 
 
 @dataclass(frozen=True)
@@ -169,25 +256,46 @@ def probe_video(path: Path, *, max_pixels: int | None = None) -> VideoInfo:
 
 
 @_drops_decoders_on_error
-def read_frames(path: Path, indices: Sequence[int], *, method: ReadMethod = "indexed") -> list[np.ndarray]:
+def read_frames(
+    path: Path,
+    indices: Sequence[int],
+    *,
+    method: ReadMethod = "indexed",
+    max_pixels: int | None = None,
+    budget: MemoryBudget | None = None,
+) -> list[np.ndarray]:
     """Decode the frames numbered `indices` as HxWx3 uint8 RGB arrays, in the order `indices` lists them.
 
     A repeated index returns the same array object twice. Raises `VideoDecodeError` when a needed
-    frame cannot be decoded (truncated or corrupt file, or an index past the end).
+    frame cannot be decoded (truncated or corrupt file, or an index past the end), `VideoTooLargeError`
+    before decoding when the frames are over `max_pixels` or do not fit `budget`.
     """
-    frames, _ = _read_frames(Path(path), indices, method=method, frame_index=None)
+    path = Path(path)
+    if budget is not None:
+        with open_video(path, max_pixels=max_pixels) as (_, stream):
+            width, height = stream.codec_context.width, stream.codec_context.height
+        budget.check(len({operator.index(i) for i in indices}), width, height)
+    frames, _ = _read_frames(path, indices, method=method, frame_index=None, max_pixels=max_pixels)
     return frames
 
 
 @_drops_decoders_on_error
 def sample_video(
-    path: Path, num_frames: int, *, max_pixels: int | None = None, method: ReadMethod = "indexed"
+    path: Path,
+    num_frames: int,
+    *,
+    max_pixels: int | None = None,
+    method: ReadMethod = "indexed",
+    budget: MemoryBudget = MemoryBudget(),
 ) -> SampledVideo:
-    """Probe `path`, pick `num_frames` frame numbers by the model card's rule, and decode them."""
+    """Probe `path`, pick `num_frames` frame numbers by the model card's rule, check `budget`, decode them."""
     started = time.perf_counter()
     info, frame_index = _probe(Path(path), max_pixels=max_pixels)
     indices = sample_indices(info.total_frames, num_frames)
-    frames, frames_decoded = _read_frames(Path(path), indices, method=method, frame_index=frame_index)
+    budget.check(len(set(indices)), info.width, info.height)
+    frames, frames_decoded = _read_frames(
+        Path(path), indices, method=method, frame_index=frame_index, max_pixels=max_pixels
+    )
     return SampledVideo(
         info=info,
         indices=indices,
@@ -201,16 +309,72 @@ def sample_video(
 
 
 @contextmanager
-def _open_video(path: Path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
-    """Open `path` and pick its video stream; the container is closed however the block exits."""
+def open_video(
+    path: Path, *, max_pixels: int | None = None
+) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """Open the local file `path` locked down and pick its video stream; closed however the block exits.
+
+    Only the `file` protocol and `ALLOWED_DEMUXERS`. With `max_pixels`, the frame size is checked first in
+    an open that decodes nothing (FFmpeg's probe otherwise decodes a few frames to fill in stream parameters),
+    then FFmpeg's probe is held to about twice the limit (should the bitstream disagree with the container),
+    and the decoder may allocate no frame larger than the header's size (a stream that switches to a larger
+    size mid-way fails to decode).
+    """
+    if max_pixels is not None:
+        with _open_container(path, {"skip_frame": "all"}) as container:
+            stream = _video_stream(container)
+            _check_frame_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
+    with _open_container(path, _probe_decoder_options(max_pixels)) as container:
+        stream = _video_stream(container)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_frame_size(width, height, max_pixels)
+        stream.codec_context.options = {"max_pixels": str((width + _DECODER_SLACK) * (height + _DECODER_SLACK))}
+        yield container, stream
+
+
+@contextmanager
+def _open_container(path: Path, decoder_options: dict[str, str]) -> Iterator[av.container.InputContainer]:
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = av.open(
+            f"file:{path}", metadata_errors="ignore", container_options=_DEMUXER_OPTIONS, options=decoder_options
+        )
     except av.FFmpegError as exc:
         if getattr(exc, "errno", None) in _FILE_SYSTEM_ERRNOS:
             raise  # a missing or unreadable file is the caller's problem, not a property of the video
+        if getattr(exc, "errno", None) == errno.EINVAL or _names_other_files(Path(path)):
+            raise _refused_container(Path(path)) from exc  # EINVAL: FFmpeg's answer to a demuxer off the whitelist
         raise VideoDecodeError(f"not a media file: {_ffmpeg_reason(exc)}") from exc
     with container:
-        yield container, _video_stream(container)
+        if not set(container.format.name.split(",")) & set(ALLOWED_DEMUXERS):
+            raise _refused_container(Path(path))
+        yield container
+
+
+def _probe_decoder_options(max_pixels: int | None) -> dict[str, str]:
+    # Twice the limit (plus stride slack): a frame at the limit still decodes, so the stream parameters FFmpeg
+    # fills in by decoding are the ones it would find without a cap; a 16384x8192 header allocates nothing.
+    return {} if max_pixels is None else {"max_pixels": str(2 * max_pixels + 2**20)}
+
+
+def _refused_container(path: Path) -> VideoDecodeError:
+    allowed = "MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, IVF, Ogg, ASF, GIF"
+    what = _names_other_files(path)
+    if what:
+        return VideoDecodeError(
+            f"not a media file: {what}, which names other files or URLs to read, is refused; workers open "
+            f"only self-contained video files ({allowed})"
+        )
+    return VideoDecodeError(f"not a media file, or a container workers do not open (they open {allowed})")
+
+
+def _names_other_files(path: Path) -> str | None:
+    """What kind of file that names other files `path` starts like (for messages only), or None."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(64).lstrip()
+    except OSError:
+        return None
+    return next((what for magic, what in _REFERENCING_FORMATS if head.startswith(magic)), None)
 
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -240,6 +404,7 @@ class _FrameIndex:
 
     total: int  # frames: packets that carry one and that the decoder will not discard
     packets: int  # packets that carry data, discarded ones included (what a header counts)
+    leading_pts: frozenset[int]  # timestamps of packets before the first keyframe: no frames (module docstring)
     frame_pts: list[int]  # presentation timestamps, ascending: frame number i has frame_pts[i]
     keyframes: list[int]  # frame numbers of keyframes, ascending
     keyframe_dts: dict[int, int]  # keyframe number -> decode timestamp, where the packet has one
@@ -258,6 +423,7 @@ def _index_frames(container: av.container.InputContainer, stream: av.video.strea
     """Walk every packet of `stream` once, without decoding, and number frames by presentation order."""
     timed: list[tuple[int, int, bool]] = []  # (pts, duration, keyframe) of each frame packet
     dts_of: dict[int, int] = {}  # pts -> dts of keyframe packets
+    leading: list[tuple[int | None, int]] = []  # (pts, duration) of packets before the first keyframe
     packets = untimed = 0
     try:
         for packet in container.demux(stream):
@@ -266,6 +432,10 @@ def _index_frames(container: av.container.InputContainer, stream: av.video.strea
             packets += 1
             if packet.is_discard:
                 continue  # e.g. cut away by an MP4 edit list: the decoder drops it, so it is no frame
+            if not timed and not untimed and not packet.is_keyframe:
+                # its references are missing, so the decoder drops it: no frame (module docstring)
+                leading.append((packet.pts, packet.duration or 0))
+                continue
             if packet.pts is None:
                 untimed += 1
             else:
@@ -277,12 +447,18 @@ def _index_frames(container: av.container.InputContainer, stream: av.video.strea
             f"truncated or corrupt video: the container could not be read after {packets} packets "
             f"({_ffmpeg_reason(exc)})"
         ) from exc
+    if not timed and not untimed:
+        # no packet is flagged a keyframe: the flags say nothing about this stream, so every packet is a frame
+        timed = [(pts, duration, False) for pts, duration in leading if pts is not None]
+        untimed = sum(pts is None for pts, _ in leading)
+        leading = []
     timed.sort()
     frame_pts = [pts for pts, _, _ in timed]
     keyframes = [number for number, (_, _, keyframe) in enumerate(timed) if keyframe]
     return _FrameIndex(
         total=len(timed) + untimed,
         packets=packets,
+        leading_pts=frozenset(pts for pts, _ in leading if pts is not None),
         frame_pts=frame_pts,
         keyframes=keyframes or [0],
         keyframe_dts={number: dts_of[frame_pts[number]] for number in keyframes if frame_pts[number] in dts_of},
@@ -305,9 +481,8 @@ def _span_s(timed: list[tuple[int, int, bool]], time_base: Fraction | None) -> f
 
 
 def _probe(path: Path, *, max_pixels: int | None) -> tuple[VideoInfo, _FrameIndex]:
-    with _open_video(path) as (container, stream):
+    with open_video(path, max_pixels=max_pixels) as (container, stream):
         width, height = stream.codec_context.width, stream.codec_context.height
-        _check_frame_size(width, height, max_pixels)
         header_frames = stream.frames
         frame_index = _index_frames(container, stream)
         codec = stream.codec_context.name
@@ -352,6 +527,9 @@ def _average_fps(frame_index: _FrameIndex, declared_rate: Fraction | None) -> fl
 # --- reading ---------------------------------------------------------------------------------------------
 
 
+_Opener = Callable[[], AbstractContextManager[tuple[av.container.InputContainer, av.video.stream.VideoStream]]]
+
+
 class _IndexUnusable(Exception):
     """The fast reader cannot vouch for its frame numbering here; use the reference loop."""
 
@@ -364,22 +542,42 @@ class _Decoded:
     frames_decoded: int = 0
 
 
+# What a reader keeps of each wanted frame, given the frame and its number: by default its RGB pixels.
+FrameConverter = Callable[[av.VideoFrame, int], np.ndarray]
+
+
+def _to_rgb(frame: av.VideoFrame, number: int) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
 def _read_frames(
-    path: Path, indices: Sequence[int], *, method: ReadMethod, frame_index: _FrameIndex | None
+    path: Path,
+    indices: Sequence[int],
+    *,
+    method: ReadMethod,
+    frame_index: _FrameIndex | None,
+    max_pixels: int | None = None,
+    convert: FrameConverter = _to_rgb,
 ) -> tuple[list[np.ndarray], int]:
+    """The frames numbered `indices`, each as `convert` makes it, and how many frames were decoded.
+
+    `frame_index` is the probe's, when there was one; `max_pixels` is checked again at each open.
+    """
     if method not in ("indexed", "decode_all"):
         raise ValueError(f"unknown method {method!r}; expected 'indexed' or 'decode_all'")
     wanted = sorted({_checked_index(i) for i in indices})
     if not wanted:
         return [], 0
+    opener = functools.partial(open_video, path, max_pixels=max_pixels)
     decoded = None
     if method == "indexed":
         try:
-            decoded = _read_indexed(path, wanted, frame_index)
+            decoded = _read_indexed(opener, wanted, frame_index, convert)
         except _IndexUnusable as why:
             log.warning("%s: reading every frame instead of seeking (%s)", path.name, why)
     if decoded is None:
-        decoded = _read_decode_all(path, wanted)
+        leading = frame_index.leading_pts if frame_index is not None else frozenset()
+        decoded = _read_decode_all(opener, wanted, convert, leading)
     return [decoded.frames[i] for i in indices], decoded.frames_decoded
 
 
@@ -390,17 +588,23 @@ def _checked_index(index: int) -> int:
     return number
 
 
-def _read_decode_all(path: Path, wanted: list[int]) -> _Decoded:
-    """The model card's loop: decode from frame 0, keep the wanted frames, stop after the last one."""
+def _read_decode_all(
+    opener: _Opener, wanted: list[int], convert: FrameConverter, leading_pts: frozenset[int]
+) -> _Decoded:
+    """The model card's loop: decode from frame 0, keep the wanted frames, stop after the last one.
+
+    A frame from before the first keyframe (`leading_pts`; decoders drop those anyway) is not numbered.
+    """
     wanted_set, last = set(wanted), wanted[-1]
     result = _Decoded(frames={})
-    with _open_video(path) as (container, stream):
+    with opener() as (container, stream):
         header_frames = stream.frames
         try:
-            for number, frame in enumerate(container.decode(stream)):
+            frames = (f for f in container.decode(stream) if not leading_pts or f.pts not in leading_pts)
+            for number, frame in enumerate(frames):
                 result.frames_decoded = number + 1
                 if number in wanted_set:
-                    result.frames[number] = frame.to_ndarray(format="rgb24")
+                    result.frames[number] = convert(frame, number)
                 if number >= last:
                     break
         except av.FFmpegError as exc:
@@ -412,15 +616,17 @@ def _read_decode_all(path: Path, wanted: list[int]) -> _Decoded:
     return result
 
 
-def _read_indexed(path: Path, wanted: list[int], frame_index: _FrameIndex | None) -> _Decoded:
+def _read_indexed(
+    opener: _Opener, wanted: list[int], frame_index: _FrameIndex | None, convert: FrameConverter
+) -> _Decoded:
     """Decode forward, seeking only when the next wanted frame's keyframe lies ahead of the decoder."""
     if frame_index is None:
-        with _open_video(path) as (container, stream):
+        with opener() as (container, stream):
             frame_index = _index_frames(container, stream)
     if not frame_index.timestamps_name_frames:
         raise _IndexUnusable("frame timestamps are missing or repeated, or the first frame is no keyframe")
     result = _Decoded(frames={})
-    with _open_video(path) as (container, stream):
+    with opener() as (container, stream):
         header_frames = stream.frames
         if wanted[-1] >= frame_index.total:
             if header_frames > frame_index.packets:
@@ -431,7 +637,7 @@ def _read_indexed(path: Path, wanted: list[int], frame_index: _FrameIndex | None
             keyframe = frame_index.keyframe_at_or_before(target)
             if decoder.seek_pays_off(keyframe):
                 decoder.seek(keyframe)
-            result.frames[target] = decoder.decode_until(target).to_ndarray(format="rgb24")
+            result.frames[target] = convert(decoder.decode_until(target), target)
         result.frames_decoded = decoder.frames_decoded
     return result
 

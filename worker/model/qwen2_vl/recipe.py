@@ -34,6 +34,15 @@ current releases no longer have ``io.read_video``). Every operation is the same 
 the parity test (``tests/unit/test_qwen2_vl.py``) checks the sampled indices, the decoded and resized
 frames, the input ids and the pixel tensor against the recipe run by mantis-vl on transformers 4.46.
 
+Memory: the recipe decodes every frame at full size (up to 768 of them) before resizing. We decode only the
+sampled ones, and where qwen-vl-utils' size (step 3) is smaller than the video's, resize each frame as it is
+decoded, so a job holds at most its resized frames -- what ``VIDEO_TOTAL_PIXELS``/``VIDEO_MIN_PIXELS`` bound
+(about 100k pixels a frame at 768 frames) -- plus one full-size frame in flight. Such frames are
+``ResizedFrame``s, which ``resize_video`` passes through as they are (resizing them again would not always be a
+no-op: at the ``VIDEO_MIN_PIXELS`` floor a second pass scales them up); the operation is the same on the same
+values, so the model's inputs are bit-identical. Frames that qwen-vl-utils scales *up* are kept as decoded. The
+job's memory budget (``worker.video.frames.MemoryBudget``) is checked on the frames kept, before decoding.
+
 Sampling is by frame *rate*, not by a fixed count: ``Variant.num_frames`` (48) does not apply to this family;
 ``VIDEOSCORE_NUM_FRAMES``, when set, is passed as qwen-vl-utils' ``nframes`` (rounded to an even count). A
 video needs at least 2 frames (the recipe raises below that; so do we, as ``VideoDecodeError``). Scoring
@@ -43,6 +52,8 @@ frames that did not come from this sampler (``Scorer.score`` with any list of fr
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import logging
 import math
@@ -61,7 +72,7 @@ from transformers import AutoTokenizer, BatchFeature
 from videoscore.core.errors import InvalidJobError, VideoDecodeError
 from videoscore.worker.model.prompt import REGRESSION_QUERY_PROMPT
 from videoscore.worker.video import frames as frames_module
-from videoscore.worker.video.frames import SampledVideo
+from videoscore.worker.video.frames import MemoryBudget, SampledVideo
 
 log = logging.getLogger(__name__)
 
@@ -162,45 +173,127 @@ def resize_video(frames: Sequence[np.ndarray]) -> torch.Tensor:
     """Stack H x W x 3 uint8 frames and resize them as qwen-vl-utils does: a (T, 3, H', W') uint8 tensor.
 
     torchvision's tensor resize is ``interpolate(float32, bicubic, align_corners=False, antialias=True)``,
-    clamped to 0..255 and rounded back to uint8 (and nothing at all when the size does not change).
+    clamped to 0..255 and rounded back to uint8 (and nothing at all when the size does not change). It works
+    on each frame alone, so we resize one frame at a time (bit-identical to the whole stack at once, without a
+    float32 copy of the whole video).
     """
     if len({frame.shape for frame in frames}) != 1:
         raise InvalidJobError("all frames of a video must have the same size")
-    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    num_frames, _, height, width = video.shape
-    size = video_frame_size(num_frames, height, width)
+    height, width = frames[0].shape[:2]
+    resized_already = all(getattr(frame, "resized_for_frames", None) == len(frames) for frame in frames)
+    size = (height, width) if resized_already else video_frame_size(len(frames), height, width)
     if size == (height, width):
-        return video
+        return torch.from_numpy(np.stack([np.asarray(frame) for frame in frames])).permute(0, 3, 1, 2)
+    resized = torch.empty((len(frames), 3, *size), dtype=torch.uint8).to(memory_format=torch.channels_last)
+    for position, frame in enumerate(frames):
+        resized[position] = resize_frame(frame, size)
+    return resized
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """One H x W x 3 uint8 frame resized as ``resize_video`` resizes each: a (3, H', W') uint8 tensor."""
+    video = torch.from_numpy(frame).permute(2, 0, 1)[None]  # channels-last, as a permuted stack is
     resized = torch.nn.functional.interpolate(
         video.to(torch.float32), size=list(size), mode="bicubic", align_corners=False, antialias=True
     )
-    return resized.clamp(min=0, max=255).round().to(torch.uint8)
+    return resized.clamp(min=0, max=255).round().to(torch.uint8)[0]
 
 
-def sample_video(path: Path, *, nframes: int | None = None, max_pixels: int | None = None) -> SampledVideo:
+class ResizedFrame(np.ndarray):
+    """A frame already resized as ``resize_video`` resizes a video of ``resized_for_frames`` frames.
+
+    ``resize_video`` passes a video made only of these, with that many frames, through unchanged. Made by
+    ``sample_video`` (a view, no copy); any other array is an ordinary frame.
+    """
+
+    resized_for_frames: int | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.resized_for_frames = getattr(obj, "resized_for_frames", None)
+
+
+def shrinking_size(num_frames: int, height: int, width: int) -> tuple[int, int] | None:
+    """The size qwen-vl-utils resizes these frames to, when it is smaller than theirs; else None."""
+    size = video_frame_size(num_frames, height, width)
+    return size if size[0] * size[1] < height * width else None
+
+
+def sample_video(
+    path: Path, *, nframes: int | None = None, max_pixels: int | None = None, budget: MemoryBudget = MemoryBudget()
+) -> SampledVideo:
     """Probe ``path`` and read the frames the Qwen2-VL recipe samples (``fps=8``, or ``nframes`` if given).
 
     ``total_frames`` is the number of frames in the stream (what torchvision's reader decodes), ``video_fps``
     the stream's declared average rate (what it reports as ``video_fps``). Probing and reading are
     ``worker.frames``' (one demux pass, the keyframe-guided reader, pixel-identical to decoding every frame).
+    Frames are resized as they are decoded where ``resizes_once`` says so (module docstring); ``budget`` is
+    checked on the frames kept, before decoding (``VideoTooLargeError``).
     """
     started = time.perf_counter()
     path = Path(path)
     info, frame_index = frames_module._probe(path, max_pixels=max_pixels)
-    indices = sample_indices(info.total_frames, declared_fps(path), nframes=nframes)
-    frames, frames_decoded = frames_module._read_frames(path, indices, method="indexed", frame_index=frame_index)
+    indices = sample_indices(info.total_frames, declared_fps(path, max_pixels=max_pixels), nframes=nframes)
+    size = shrinking_size(len(indices), info.height, info.width)
+    kept_frame_bytes = None if size is None else size[0] * size[1] * 3
+    budget.check(len(set(indices)), info.width, info.height, kept_frame_bytes=kept_frame_bytes)
+    convert = frames_module._to_rgb if size is None else _ResizeInto(indices, size, (info.width, info.height))
+    frames, frames_decoded = frames_module._read_frames(
+        path, indices, method="indexed", frame_index=frame_index, max_pixels=max_pixels, convert=convert
+    )
     return SampledVideo(
         info=info, indices=indices, frames=frames, decode_s=time.perf_counter() - started,
         frames_decoded=frames_decoded,
     )
 
 
-def declared_fps(path: Path) -> float:
+class _ResizeInto:
+    """A reader's frame converter: each decoded frame resized into its slot of one array made up front.
+
+    The full-size frame and the resize's float32 buffers live for one frame each, but glibc keeps the heap
+    space they leave (768 frames of 640x360 resized to 224x420 raised peak RSS by 1.2-2.2 GB, depending on
+    which library was imported first); handing it back every `_TRIM_EVERY` frames holds the job to its frames
+    (+225-260 MB).
+    """
+
+    _TRIM_EVERY = 16
+
+    def __init__(self, indices: Sequence[int], size: tuple[int, int], decoded_size: tuple[int, int]) -> None:
+        self._slot = {number: slot for slot, number in enumerate(sorted(set(indices)))}
+        self._decoded_size = decoded_size
+        self._size = size
+        self.frames = np.empty((len(self._slot), *size, 3), dtype=np.uint8).view(ResizedFrame)
+        self.frames.resized_for_frames = len(indices)
+
+    def __call__(self, frame: av.VideoFrame, number: int) -> np.ndarray:
+        if (frame.width, frame.height) != self._decoded_size:  # resize_video refuses mixed sizes; so do we
+            raise InvalidJobError("all frames of a video must have the same size")
+        slot = self.frames[self._slot[number]]
+        slot[...] = resize_frame(frame.to_ndarray(format="rgb24"), self._size).permute(1, 2, 0).numpy()
+        if self._slot[number] % self._TRIM_EVERY == self._TRIM_EVERY - 1:
+            _release_freed_heap()
+        return slot
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; elsewhere there is nothing to call
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_freed_heap() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def declared_fps(path: Path, *, max_pixels: int | None = None) -> float:
     """The video stream's average frame rate from its header (0.0 when it declares none)."""
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            rate = container.streams.video[0].average_rate
-    except (av.FFmpegError, IndexError) as exc:
+        with frames_module.open_video(path, max_pixels=max_pixels) as (_, stream):
+            rate = stream.average_rate
+    except av.FFmpegError as exc:
         raise VideoDecodeError(f"cannot read the video's frame rate: {exc}") from exc
     return float(rate) if rate else 0.0
 
