@@ -25,9 +25,10 @@ TOKEN = "test-token-3f1c"
 class ApiProcess:
     """`python -m videoscore api` on 127.0.0.1 and a free port, stopped by PID."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, log_level: str = "warning") -> None:
         self.settings = settings
         self.log_path = log_path
+        self.log_level = log_level  # "info" prints uvicorn's access log
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -38,7 +39,7 @@ class ApiProcess:
     def start(self, timeout_s: float = 30.0) -> "ApiProcess":
         env = {**os.environ, **self.settings.to_env()}
         argv = [sys.executable, "-m", "videoscore", "api", "--host", "127.0.0.1", "--port", str(self.port),
-                "--log-level", "warning"]
+                "--log-level", self.log_level]
         self.process = subprocess.Popen(argv, env=env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
