@@ -56,7 +56,8 @@ VARIANTS: dict[str, Variant] = {
 DEFAULT_MODEL = "TIGER-Lab/VideoScore-v1.1"
 
 # Checked before a name touches the filesystem: longer names are refused, never handed to os.stat (ENAMETOOLONG).
-MAX_MODEL_NAME_CHARS = 1024
+# 500 is also the width of the jobs.model column, so a name that passes is a name that can be stored.
+MAX_MODEL_NAME_CHARS = 500
 MAX_MODEL_NAME_PART_CHARS = 255
 _MAX_MARKER_BYTES = 64 * 1024
 

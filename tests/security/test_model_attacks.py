@@ -216,8 +216,8 @@ def test_over_long_names_are_refused_before_touching_the_filesystem(policy: Mode
 
 
 def test_a_name_at_the_limits_is_judged_like_any_other(policy: ModelPolicy) -> None:
-    name = "/" + "/".join(["z" * 255] * 4)
-    assert len(name) <= MAX_MODEL_NAME_CHARS
+    name = "/" + "/".join(["z" * 255, "z" * (MAX_MODEL_NAME_CHARS - 255 - 2)])  # both limits, exactly
+    assert len(name) == MAX_MODEL_NAME_CHARS
     assert "unknown model" in _refusal(policy, name)
     with pytest.raises(UnknownModelError, match="unknown model"):
         resolve_model(name)  # ENAMETOOLONG from the filesystem is no longer a 500
