@@ -351,7 +351,7 @@ def api(
     port: Annotated[int, typer.Option(help="Port to bind")] = 8000,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Serve the REST API with uvicorn (needs the api extra); OpenAPI at /openapi.json (Swagger UI at /docs with VIDEOSCORE_API_DOCS)."""
+    """Serve the REST API with uvicorn (needs the api extra); OpenAPI at /openapi.json."""
     import uvicorn
 
     from videoscore.api import create_app
