@@ -2,8 +2,9 @@
 
 Each bomb is made with worker.testing.media, put in S3, and sampled in a child process exactly as a worker
 does it (``VideoStore.fetch``, then the model family's ``recipe.sample`` under the settings' limits). The child
-reports how far its peak RSS (``ru_maxrss``) rose above what it held after importing everything and sampling a
-small clip, and how the job ended. Run with ``-s`` to see the figures.
+reports how far its peak RSS rose above what it held after importing everything and sampling a small clip (on
+Linux the peak is reset there through /proc/self/clear_refs and read as VmHWM; elsewhere ``ru_maxrss``), and how
+the job ended. Run with ``-s`` to see the figures.
 
 Copy factors behind the budget (``ScoringRecipe.frame_copies``), measured on CPU:
 Idefics2 5 (frames, PIL copies, processor arrays before its resize), Qwen2-VL 3 of the frames it keeps.
@@ -40,7 +41,13 @@ from videoscore.worker.model.recipes import recipe_for
 from videoscore.worker.video.storage import VideoStore
 
 def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM once it can be reset: ru_maxrss also keeps the peak of every thread that exited (FFmpeg's decoder
+    # threads, boto's), taken before the reset, so an import's passing peak would hide the job's
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 settings = Settings()
 store = VideoStore(settings)
@@ -53,6 +60,11 @@ def sample(uri):
                              max_decode_bytes=settings.max_decode_bytes)
 
 sample(warm_up)  # codecs, threads and allocator pools a first decode sets up are not the bomb's
+try:  # start the peak afresh (Linux), or an import's passing peak could hide the job's
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+except OSError:
+    pass
 baseline = peak()
 out = {"kind": None, "message": None, "frames": None}
 try:
