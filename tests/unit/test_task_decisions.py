@@ -212,6 +212,15 @@ def test_a_permanent_error_fails_the_job_at_once_with_its_kind_and_reason(worker
     assert worker.retries_of(job_id) == []
 
 
+def test_a_video_over_the_workers_decode_budget_fails_as_too_large_before_any_frame_is_decoded(
+    make_worker: Callable[..., WorkerHarness], video: Path,
+) -> None:
+    worker = make_worker(max_decode_bytes=64 * 48 * 3)  # one 64x48 frame: the clip's 4 sampled frames do not fit
+    decision = worker.run(worker.submit(f"file://{video}", "a clip over the budget"))
+    assert isinstance(decision, Failed) and decision.kind == "video_too_large"
+    assert "budget" in decision.message
+
+
 def test_a_failing_attempt_hands_the_job_back_and_asks_for_a_re_send_after_the_backoff(
     worker: WorkerHarness, video: Path,
 ) -> None:

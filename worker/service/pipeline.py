@@ -24,6 +24,7 @@ class StageLimits:
     max_pixels: int
     num_frames_override: int | None
     result_timeout_s: float
+    max_decode_bytes: int | None = None  # the job's memory budget for decoded frames (None: no budget)
 
 
 def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: StageLimits,
@@ -36,7 +37,8 @@ def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: 
     # Each model family samples its own way (Idefics2: N frames by the card's rule; Qwen2-VL: 8 fps).
     recipe = recipe_for(spec.variant.family, num_frames=spec.num_frames)
     with store.fetch(job.video_uri) as fetched:
-        sampled = recipe.sample(fetched.path, num_frames=limits.num_frames_override, max_pixels=limits.max_pixels)
+        sampled = recipe.sample(fetched.path, num_frames=limits.num_frames_override, max_pixels=limits.max_pixels,
+                                max_decode_bytes=limits.max_decode_bytes)
     future = engine.submit(spec, ScoreRequest(frames=sampled.frames, prompt=job.prompt))
     outcome = future.result(timeout=limits.result_timeout_s)
     info = sampled.info

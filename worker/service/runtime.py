@@ -83,6 +83,7 @@ class Runtime:
             max_pixels=self.settings.max_video_pixels,
             num_frames_override=self.settings.num_frames,
             result_timeout_s=float(self.settings.score_timeout_s),
+            max_decode_bytes=self.settings.max_decode_bytes,
         )
 
 
