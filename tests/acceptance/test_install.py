@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -15,6 +16,7 @@ from videoscore.db.migrate import upgrade
 from videoscore.db.session import Database
 
 ROOT = Path(__file__).resolve().parents[2]
+ROOMS = ("core", "db", "producer", "api", "worker")
 
 LIST_TOP_LEVEL = "import json, pkgutil; print(json.dumps(sorted({m.name for m in pkgutil.iter_modules()})))"
 
@@ -28,9 +30,16 @@ def _top_level_names(python: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_a_non_editable_install_adds_exactly_one_top_level_import_name(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info/ beside the sources it builds.
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    for room in ("videoscore", *ROOMS):
+        shutil.copytree(ROOT / room, source / room, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(wheels), str(ROOT)], check=True, capture_output=True, text=True)
+                    str(wheels), str(source)], check=True, capture_output=True, text=True)
     [wheel] = wheels.glob("videoscore_queue-*.whl")
     env_dir = tmp_path / "fresh"
     venv.EnvBuilder(with_pip=False).create(env_dir)
