@@ -2,7 +2,8 @@
 
 Run as `.venv/bin/python bench/frames.py`. It writes 640x360 H.264 clips (10 s and 60 s at 24 fps, with a
 keyframe every 12 frames and every 250) under .cache/bench-frames/ (kept for the next run), then times
-`worker.frames.sample_video` with each method at 16 and 48 frames: the call a worker makes, probe included.
+`videoscore.worker.video.frames.sample_video` with each method at 16 and 48 frames: the call a worker makes, probe
+included.
 
 Columns: wall milliseconds per video (median of --runs, the methods interleaved so background load hits
 both alike), decode_all/indexed, CPU milliseconds (this process, decoder threads included: inflated less by

@@ -7,7 +7,8 @@ populated HF_HOME cache) and a copy of `video1.mp4`:
     .venv/bin/python reference/check_published.py --video path/to/video1.mp4 \
         [--model TIGER-Lab/VideoScore TIGER-Lab/VideoScore-v1.1] [--device cuda] [--dtype bfloat16]
 
-It samples frames exactly as a worker does, scores with `worker.scorer.Scorer` (the production path) and
+It samples frames exactly as a worker does, scores with `videoscore.worker.model.scorer.Scorer` (the production path)
+and
 compares the card's 3-digit rounding. The cards ran bf16; expect agreement to about ±0.01 (a bf16 ulp near 2
 to 4 is 0.0156), exact on most aspects. Exit status 1 on a larger difference.
 """

@@ -26,7 +26,8 @@ regenerates into a temporary folder that way and compares with the committed fil
 generating, compare with the committed golden and exit 1 on any drift), and ``--encode-videos``.
 
 ``--encode-videos`` is for adding or changing a case: it first re-encodes every case's video from its
-``CASES`` entry (``worker.samples.make_video``) into ``reference/golden/videos/``, overwriting the committed
+``CASES`` entry (``videoscore.worker.testing.media.make_video``) into ``reference/golden/videos/``, overwriting the
+committed
 ones. That changes the golden's inputs, so the golden JSON files no longer match them until they are
 regenerated (this run does that when ``--golden-dir`` is the default) and both the videos and
 ``reference/golden/*.json`` are committed together; tests/unit/test_parity.py fails on any mismatch.
@@ -66,7 +67,8 @@ class Case:
     """One golden case: a synthetic video and its text prompt.
 
     The video is committed as ``reference/golden/videos/<id>.mp4``; ``frames``, ``size``, ``gop``, ``fps`` and
-    ``video_kwargs`` are the ``worker.samples.make_video`` arguments it was encoded with (``--encode-videos``).
+    ``video_kwargs`` are the ``videoscore.worker.testing.media.make_video`` arguments it was encoded with
+    (``--encode-videos``).
     """
 
     id: str

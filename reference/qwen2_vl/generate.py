@@ -7,7 +7,8 @@ Run with the project's venv (it builds the inputs with project code), after
 
 It
 
-1. builds the untrained VideoScore-Qwen2-VL stand-in (``worker.stand_in_qwen2_vl``, seed 0) into a work
+1. builds the untrained VideoScore-Qwen2-VL stand-in (``videoscore.worker.testing.stand_in_qwen2_vl``, seed 0) into a
+work
    folder, and copies the golden's videos there from ``reference/golden/videos/<case id>.mp4``;
 2. writes a transformers-4 view of the checkpoint (``write_transformers4_view``: the same weights, tokenizer
    and processor files; ``config.json`` flattened to the layout 4.46 reads) and ``cases.json``;

@@ -9,10 +9,11 @@ golden; these tests rebuild the same checkpoint with the same code, check that i
 byte-for-byte the inputs the golden was made from, and then hold each layer of our pipeline to the recipe's
 output:
 
-1. frame sampling (``worker.frames.sample_video``): the card's indices and pixel-identical frames;
-2. the prompt (``worker.prompt.build_eval_prompt``): the card's eval prompt, character for character;
+1. frame sampling (``videoscore.worker.video.frames.sample_video``): the card's indices and pixel-identical frames;
+2. the prompt (``videoscore.worker.model.prompt.build_eval_prompt``): the card's eval prompt, character for character;
 3. preprocessing (the Scorer's transformers-5 processor): the same input ids and pixel tensors;
-4. the model (``worker.scorer.Scorer`` on ``worker.modeling``): the same logits, fp32 within 1e-4 and bf16
+4. the model (``videoscore.worker.model.scorer.Scorer`` on ``videoscore.worker.model.idefics2.modeling``): the same
+logits, fp32 within 1e-4 and bf16
    within two bf16 steps;
 5. and a guard that shows the comparison has teeth: with mantis' perceiver-eps quirk undone, the logits
    miss the golden by far more than the tolerance.
@@ -161,7 +162,7 @@ def test_committed_video_is_the_goldens(inputs: dict, case_id: str):
 def test_committed_video_is_what_its_case_describes(inputs: dict, case):
     """The committed file is the clip ``CASES`` says (so a case edited without --encode-videos is caught):
     its frame count, size and rate, keyframes every ``gop`` frames, and, drawn in each decoded picture by
-    ``worker.samples.make_video``, the frame numbers 0, 1, 2, ... in order."""
+    ``videoscore.worker.testing.media.make_video``, the frame numbers 0, 1, 2, ... in order."""
     video = inputs["videos"][case.id]
     layout = layout_of(video)
     mismatch = f"{case.id}: {video} is not the clip its CASES entry describes; {REENCODE}"

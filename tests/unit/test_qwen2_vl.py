@@ -9,12 +9,13 @@ stand-in checkpoint (seed 0) and four synthetic videos, committed as ``reference
 committed videos are byte-for-byte the golden's inputs, and then hold each layer of our pipeline to the recipe's
 output:
 
-1. frame sampling (``worker.qwen2_vl_recipe.sample_video``): qwen-vl-utils' 8-fps frame numbers, and frames
+1. frame sampling (``videoscore.worker.model.qwen2_vl.recipe.sample_video``): qwen-vl-utils' 8-fps frame numbers, and
+frames
    pixel-identical to its decoder's;
 2. resizing (``resize_video``): qwen-vl-utils' torchvision bicubic resize, bit for bit;
 3. the chat text (``Qwen2VLInputs.chat_text``): the processor's chat template output, character for character;
 4. preprocessing (``Qwen2VLInputs.encode``): the same input ids and the same ``pixel_values_videos``, bit for bit;
-5. the model (``Scorer`` on ``worker.modeling_qwen2_vl``): the same logits, fp32 within 1e-4;
+5. the model (``Scorer`` on ``videoscore.worker.model.qwen2_vl.modeling``): the same logits, fp32 within 1e-4;
 6. and a guard that shows the comparison has teeth: with transformers 5's 3-D M-RoPE positions instead of
    mantis' 1-D ones, the logits miss the golden by far more than the tolerance.
 

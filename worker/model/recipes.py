@@ -1,14 +1,14 @@
 """Per-family scoring recipes: the one place that knows how each VideoScore family is loaded and fed.
 
 A recipe says which model class a checkpoint loads into, which processor goes with it, how a batch of
-``ScoreRequest``s becomes model inputs, and how a video's frames are sampled. ``worker.scorer`` and
-``worker.pipeline`` ask ``recipe_for(family)`` and otherwise do not branch on the family.
+``ScoreRequest``s becomes model inputs, and how a video's frames are sampled. ``videoscore.worker.model.scorer`` and
+``videoscore.worker.service.pipeline`` ask ``recipe_for(family)`` and otherwise do not branch on the family.
 
 * ``idefics2`` (VideoScore, -anno-only, -v1.1): the model card's recipe -- N frames by the card's
   ``np.arange`` rule, one ``<image>`` per frame in the regression prompt, the checkpoint's Idefics2 processor.
 * ``qwen2_vl`` (VideoScore-Qwen2-VL): ``examples/run_videoscore_qwen2_vl.py`` -- frames at 8 fps through
   qwen-vl-utils' sampling and resizing, the chat template, the Qwen2-VL image processor's video path
-  (``worker.qwen2_vl_recipe``).
+  (``videoscore.worker.model.qwen2_vl.recipe``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The scoring engine: load a VideoScore checkpoint once, then turn batches of frames + prompts into scores.
+"""The scorer: load a VideoScore checkpoint once, then turn batches of frames + prompts into scores.
 
 This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score`` … → ``close``), and
 ``ScorerProtocol``, what the engine asks of any scorer (this one, the fast stand-in of the test fleet, the
 runtime's metering wrapper). What differs
 between model families -- the model class, the processor, how frames and prompt become tensors -- is the
-family's recipe (``worker.recipes``): for Idefics2 the model card's (frames become PIL images with
+family's recipe (``videoscore.worker.model.recipes``): for Idefics2 the model card's (frames become PIL images with
 ``Image.fromarray``, the prompt is the card's regression query with one ``<image>`` per frame), for Qwen2-VL
-the VideoScore-Qwen2-VL example's (``worker.qwen2_vl_recipe``). The logits are the five aspect scores,
+the VideoScore-Qwen2-VL example's (``videoscore.worker.model.qwen2_vl.recipe``). The logits are the five aspect scores,
 unrounded (rounding to 3 digits is for display only). A batch is one processor call and one forward pass; right
 padding plus mantis' pooling rule make a video's scores independent of the batch it travels in.
 """
@@ -48,7 +48,7 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class AspectScores:
-    """The five VideoScore outputs, in the order of the model's logits (``core.variants.ASPECTS``)."""
+    """The five VideoScore outputs, in the order of the model's logits (``videoscore.core.variants.ASPECTS``)."""
 
     visual_quality: float
     temporal_consistency: float
@@ -83,7 +83,8 @@ class BatchResult:
 @runtime_checkable
 class ScorerProtocol(Protocol):
     """A loaded scorer, as the engine uses it: load (each kind its own way) → ``warm_up`` → ``check_prompt`` and
-    ``score`` … → ``close``. ``Scorer`` (the model) and ``worker.testing.fast_scorer.FastScorer`` implement it."""
+    ``score`` … → ``close``. ``Scorer`` (the model) and ``videoscore.worker.testing.fast_scorer.FastScorer``
+    implement it."""
 
     @property
     def spec(self) -> ModelSpec:

@@ -4,7 +4,7 @@ The heartbeat (every `heartbeat_interval_s`) keeps the claims of this process's 
 `reap_interval_s`) finds running jobs whose worker stopped heartbeating for `lease_s` (it was killed, crashed
 or lost its host) and queued jobs whose message was never sent (the producer died between commit and send),
 puts them back to queued and sends their messages again. Each orphan is taken by one reaper only (row locks,
-see `db.jobs.requeue_orphans`), so 64 workers reaping at once do not send 64 copies.
+see `videoscore.db.jobs.requeue_orphans`), so 64 workers reaping at once do not send 64 copies.
 
 Recovery after a worker is killed therefore takes at most lease_s + reap_interval_s, plus the wait behind
 the jobs already queued. The same round also reconciles the database with Redis (worker.reconcile): after

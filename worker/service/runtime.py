@@ -1,6 +1,7 @@
 """What one worker process holds for its whole life: settings, database, video store and scoring engine.
 
-Built once in `worker.main` before Celery starts consuming; tasks reach it through `current_runtime()`.
+Built once in `videoscore.worker.service.main` before Celery starts consuming; tasks reach it through
+`current_runtime()`.
 It also keeps the set of jobs the process is working on right now ("holds"): the maintenance thread
 heartbeats exactly these, and a task takes a hold before claiming, so two deliveries of one job never run
 side by side in one process (which is what makes re-claiming our own abandoned job safe; see db.jobs).

@@ -6,7 +6,8 @@ exactly the same ``from_pretrained`` path as the real weights: an Idefics2 confi
 settings (no image splitting, 980/378 edges, 64 image tokens per frame), a byte-level BPE tokenizer
 trained here on the scoring prompt plus generated English, and random weights drawn from a seed. Its scores
 are meaningless; ``videoscore.json`` marks it so everywhere.
-``--variant TIGER-Lab/VideoScore-Qwen2-VL`` builds the Qwen2-VL family's stand-in (``worker.stand_in_qwen2_vl``).
+``--variant TIGER-Lab/VideoScore-Qwen2-VL`` builds the Qwen2-VL family's stand-in
+(``videoscore.worker.testing.stand_in_qwen2_vl``).
 
 Two details keep it useful for parity tests (see the field notes): the perceiver keeps its own RMSNorm eps
 (1e-6, text 1e-5) as the real configs do, and the connector's projection is scaled down so the perceiver's

@@ -3,7 +3,7 @@
 ``build_qwen2_vl_stand_in(out_dir, seed)`` writes a folder that ``Scorer.load(resolve_model(folder))`` loads
 through exactly the path the published checkpoint takes: ``VideoScoreQwen2VLForSequenceClassification.
 from_pretrained`` (weights under mantis' keys ``visual.*``, ``model.*``, ``score.*``), and the tokenizer, chat
-template and image-processor settings read by ``worker.qwen2_vl_recipe.Qwen2VLInputs``.
+template and image-processor settings read by ``videoscore.worker.model.qwen2_vl.recipe.Qwen2VLInputs``.
 
 What is real and what is small:
 
@@ -15,7 +15,7 @@ What is real and what is small:
 * the processor files are laid out as the published checkpoint's (saved by transformers 4.46): a
   ``preprocessor_config.json`` for ``Qwen2VLImageProcessor``, a ``chat_template.json``, and a tokenizer with
   ``tokenizer_class: Qwen2Tokenizer``. transformers 5 cannot write a ``Qwen2VLProcessor`` without torchvision
-  (see ``worker.qwen2_vl_recipe``), so they are written here as JSON;
+  (see ``videoscore.worker.model.qwen2_vl.recipe``), so they are written here as JSON;
 * the processor's pixel bounds are **small** (``STAND_IN_MIN_PIXELS``/``STAND_IN_MAX_PIXELS``: at most 16
   patches of 28x28 per frame, i.e. 4 video tokens per pair of frames) so a CPU scores a 48-frame video in
   well under a second. The recipe around them is the real one: 8 fps sampling and qwen-vl-utils' resizing

@@ -23,7 +23,8 @@ commit 465bc97, 2024-11-18), which only imports on transformers <= 4.46. We rebu
   M-RoPE positions and shows the golden then fails by far more than its tolerance.)
 * **Pooling.** Mantis projects every position and keeps, per row, the position one before the first pad
   token modulo the length (the last token of an unpadded row), or the last position when the config has no
-  pad id (batch of one only) -- the same rule as the Idefics2 variant (``worker.modeling.pooling_index``).
+  pad id (batch of one only) -- the same rule as the Idefics2 variant
+  (``videoscore.worker.model.idefics2.modeling.pooling_index``).
   The head is row-wise, so we pool first and project one vector per row.
 * **Vision features** are computed in the tower's dtype (mantis casts ``pixel_values_videos`` to it) and
   written into the video-pad positions in order.
@@ -32,7 +33,7 @@ commit 465bc97, 2024-11-18), which only imports on transformers <= 4.46. We rebu
   model is on Qwen2-VL-7B (``tie_word_embeddings: false``), and this class never ties.
 
 The inference recipe that feeds this model (fps-8 sampling, qwen-vl-utils resizing, the chat template, the
-Qwen2-VL image processor's video path) lives in ``worker.qwen2_vl_recipe``.
+Qwen2-VL image processor's video path) lives in ``videoscore.worker.model.qwen2_vl.recipe``.
 """
 
 from __future__ import annotations

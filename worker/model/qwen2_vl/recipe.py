@@ -5,7 +5,7 @@ commit 226608c; ``FPS`` named in 194736f). It does, for one video:
 
 1. ``messages = [{"role": "user", "content": [{"type": "video", "video": path, "fps": 8.0},
    {"type": "text", "text": REGRESSION_QUERY_PROMPT.format(text_prompt=prompt)}]}]`` -- the same regression
-   prompt as the Idefics2 model card (``worker.prompt``), with no ``<image>`` tokens: the video is one
+   prompt as the Idefics2 model card (``videoscore.worker.model.prompt``), with no ``<image>`` tokens: the video is one
    message part placed *before* the text;
 2. ``text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`` -- the
    checkpoint's own chat template (Qwen2-VL-Instruct's: a default system turn, then
@@ -25,7 +25,8 @@ commit 226608c; ``FPS`` named in 194736f). It does, for one video:
    a no-op when step 3's size already fits), rescaled by 1/255 and CLIP-normalised in float32, and cut into
    ``temporal_patch_size`` x 14 x 14 patches grouped by the 2x2 merge; the single ``<|video_pad|>`` is
    expanded to ``t * h * w / 4`` copies;
-5. ``model(**inputs).logits[0]`` (see ``worker.modeling_qwen2_vl`` for the model's side), rounded to 3 digits
+5. ``model(**inputs).logits[0]`` (see ``videoscore.worker.model.qwen2_vl.modeling`` for the model's side), rounded to
+3 digits
    for display only.
 
 This module re-implements steps 3-4 in torch/numpy/PIL, because transformers 5's Qwen2-VL *video* processor
@@ -41,7 +42,7 @@ decoded, so a job holds at most its resized frames -- what ``VIDEO_TOTAL_PIXELS`
 ``ResizedFrame``s, which ``resize_video`` passes through as they are (resizing them again would not always be a
 no-op: at the ``VIDEO_MIN_PIXELS`` floor a second pass scales them up); the operation is the same on the same
 values, so the model's inputs are bit-identical. Frames that qwen-vl-utils scales *up* are kept as decoded. The
-job's memory budget (``worker.video.frames.MemoryBudget``) is checked on the frames kept, before decoding.
+job's memory budget (``videoscore.worker.video.frames.MemoryBudget``) is checked on the frames kept, before decoding.
 
 Sampling is by frame *rate*, not by a fixed count: ``Variant.num_frames`` (48) does not apply to this family;
 ``VIDEOSCORE_NUM_FRAMES``, when set, is passed as qwen-vl-utils' ``nframes`` (rounded to an even count). A
@@ -225,7 +226,8 @@ def sample_video(
 
     ``total_frames`` is the number of frames in the stream (what torchvision's reader decodes), ``video_fps``
     the stream's declared average rate (what it reports as ``video_fps``). Probing and reading are
-    ``worker.frames``' (one demux pass, the keyframe-guided reader, pixel-identical to decoding every frame).
+    ``videoscore.worker.video.frames``' (one demux pass, the keyframe-guided reader, pixel-identical to decoding
+    every frame).
     Frames are resized as they are decoded where ``resizes_once`` says so (module docstring); ``budget`` is
     checked on the frames kept, before decoding (``VideoTooLargeError``).
     """
