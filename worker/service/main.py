@@ -30,7 +30,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def run_worker(settings: Settings, *, concurrency: int | None = None, preload: bool = True,
-               loglevel: str = "INFO", hostname: str | None = None) -> None:
+               loglevel: str = "INFO", hostname: str | None = None, events: bool = False) -> None:
+    """Run one worker in this process; `events` has Celery send task events (`-E`) for Flower and `celery events`."""
     logging.basicConfig(level=loglevel, format=LOG_FORMAT)
     from videoscore.worker.service import redact
 
@@ -71,6 +72,8 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, preload: b
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    if events:
+        argv.append("--task-events")
     from celery.platforms import EX_FAILURE
     from celery.signals import worker_init, worker_shutting_down
 
@@ -122,13 +125,15 @@ def parse_gpus(spec: str) -> list[str]:
 
 
 def child_command(gpu: str, *, concurrency: int | None, preload: bool, loglevel: str,
-                  hostname: str | None) -> list[str]:
+                  hostname: str | None, events: bool = False) -> list[str]:
     argv = [sys.executable, "-m", entry_module(), "worker", "--loglevel", loglevel,
             "--hostname", f"gpu{gpu}-{hostname or '%h'}" if hostname else f"gpu{gpu}@%h"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if not preload:
         argv.append("--no-preload")
+    if events:
+        argv.append("--events")
     return argv
 
 
@@ -149,7 +154,8 @@ def child_env(settings: Settings, gpu: str, index: int) -> dict[str, str]:
 
 
 def run_gpu_workers(settings: Settings, gpus: Sequence[str], *, concurrency: int | None = None,
-                    preload: bool = True, loglevel: str = "INFO", hostname: str | None = None) -> int:
+                    preload: bool = True, loglevel: str = "INFO", hostname: str | None = None,
+                    events: bool = False) -> int:
     """Supervise one worker process per GPU: restart one that dies, pass SIGTERM on and wait for all.
 
     Children are started with subprocess (a fresh interpreter each), so no process ever forks with CUDA
@@ -170,7 +176,8 @@ def run_gpu_workers(settings: Settings, gpus: Sequence[str], *, concurrency: int
                 child.send_signal(signal.SIGTERM)
 
     def start(gpu: str) -> subprocess.Popen[bytes]:
-        argv = child_command(gpu, concurrency=concurrency, preload=preload, loglevel=loglevel, hostname=hostname)
+        argv = child_command(gpu, concurrency=concurrency, preload=preload, loglevel=loglevel, hostname=hostname,
+                             events=events)
         child = subprocess.Popen(argv, env=child_env(settings, gpu, gpus.index(gpu)))
         log.info("GPU %s: worker pid %d (CUDA_VISIBLE_DEVICES=%s)", gpu, child.pid, gpu)
         started_at[gpu] = time.monotonic()

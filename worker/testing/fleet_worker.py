@@ -1,6 +1,6 @@
 """A worker for test fleets: `videoscore worker` that also serves the fast stand-in scorer.
 
-    python -m videoscore.worker.testing.fleet_worker worker --concurrency 4 --hostname w1@%h [--gpus 0,1]
+    python -m videoscore.worker.testing.fleet_worker worker --concurrency 4 --hostname w1@%h [--gpus 0,1] [--events]
 
 The chaos suite, the API tests with a worker and the benchmarks start their workers with this. It registers
 `FastScorer` for model folders built by `build_fast_stand_in`, then runs the same worker as `videoscore worker`
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hostname", default=None)
     parser.add_argument("--gpus", default=None)
     parser.add_argument("--queues", default=None)
+    parser.add_argument("--events", action="store_true", help="send Celery task events (-E)")
     return parser.parse_args(argv)
 
 
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     if args.gpus:
         return run_gpu_workers(settings, parse_gpus(args.gpus), concurrency=args.concurrency, preload=args.preload,
-                               loglevel=args.loglevel, hostname=args.hostname)
+                               loglevel=args.loglevel, hostname=args.hostname, events=args.events)
     run_worker(settings, concurrency=args.concurrency, preload=args.preload, loglevel=args.loglevel,
-               hostname=args.hostname)
+               hostname=args.hostname, events=args.events)
     return 0
 
 
