@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -343,6 +343,44 @@ def cancel_job(session: Session, job_id: str) -> bool:
         .values(status=JobStatus.CANCELLED, finished_at=utcnow())
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What `cancel_queued` did: the jobs it cancelled (id → batch), and how many matching jobs were running."""
+
+    cancelled: dict[str, str | None]
+    running: int
+
+
+def cancel_queued(
+    session: Session, *, job_ids: Sequence[str] = (), batch: str | None = None, tags: Mapping[str, str] | None = None
+) -> CancelOutcome:
+    """Cancel every queued job among `job_ids`, or of `batch` and carrying all of `tags`, in one UPDATE.
+
+    Queued jobs include those waiting for a retry's re-send (attempts > 0): a cancelled job is never claimed
+    (`claim_job`), re-sent by the reaper (`requeue_orphans`) or by the reconciler (`queued_sent_before`), all of
+    which take only queued rows, so its message, wherever it is, is skipped when delivered. Running jobs are left
+    to finish and only counted: a worker holds them, and its result is the job's.
+    """
+    if not (job_ids or batch is not None or tags):
+        raise ValueError("cancel what? give job ids, a batch or tags")
+    matching = []
+    if job_ids:
+        matching.append(_JOBS.c.id.in_(list(job_ids)))
+    if batch is not None:
+        matching.append(_JOBS.c.batch == batch)
+    for key, value in (tags or {}).items():
+        matching.append(_JOBS.c.tags[key].as_string() == value)
+    rows = session.execute(
+        update(_JOBS)
+        .where(_JOBS.c.status == JobStatus.QUEUED, *matching)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow())
+        .returning(_JOBS.c.id, _JOBS.c.batch)
+    ).all()
+    running = session.scalar(select(func.count()).select_from(_JOBS).where(_JOBS.c.status == JobStatus.RUNNING,
+                                                                             *matching))
+    return CancelOutcome(cancelled={job_id: job_batch for job_id, job_batch in rows}, running=running or 0)
 
 
 def requeue_orphans(

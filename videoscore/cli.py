@@ -295,6 +295,8 @@ def worker(
     queues: Annotated[Optional[str], typer.Option(
         help="Queues to read, most urgent first, e.g. videoscore.high,videoscore (default: all three of "
              "the default model's)")] = None,
+    events: Annotated[bool, typer.Option("--events", help="Send Celery task events (-E), for Flower and "
+                                         "`celery events`")] = False,
 ) -> None:
     """Run a GPU worker (needs the worker extra installed); with --gpus, one child process per GPU."""
     if queues:  # through the environment, so that --gpus children read the same queues
@@ -303,10 +305,11 @@ def worker(
         from videoscore.worker.service.main import parse_gpus, run_gpu_workers
 
         sys.exit(run_gpu_workers(_settings(), parse_gpus(gpus), concurrency=concurrency, preload=preload,
-                                 loglevel=loglevel, hostname=hostname))
+                                 loglevel=loglevel, hostname=hostname, events=events))
     from videoscore.worker.service.main import run_worker
 
-    run_worker(_settings(), concurrency=concurrency, preload=preload, loglevel=loglevel, hostname=hostname)
+    run_worker(_settings(), concurrency=concurrency, preload=preload, loglevel=loglevel, hostname=hostname,
+               events=events)
 
 
 @app.command()
@@ -361,6 +364,34 @@ def api(
         console.print("[yellow]warning:[/] VIDEOSCORE_API_TOKENS is empty: every call but /healthz and /readyz "
                       "is refused (401)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[Optional[str], typer.Argument(help="One job's id")] = None,
+    batch: Annotated[Optional[str], typer.Option(help="Every queued job of this batch")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="key:value; repeat for several (all must match)")] = None,
+) -> None:
+    """Cancel queued jobs: one by id, or by --batch and/or --tag. Running jobs are left to finish.
+
+    This, not `celery purge`, is how to stop jobs: a purge empties Redis but leaves the jobs queued in the
+    database, and the reconciler sends their messages again.
+    """
+    from videoscore.core.webhooks import fire_if_batch_complete
+    from videoscore.db import jobs as job_queries
+
+    if job_id is None and batch is None and not tag:
+        _fail("cancel what? give a job id, --batch or --tag")
+    tags = _job_filter(None, None, None, tag, None, None, None, None).tags
+    settings = _settings()
+    with Client(settings) as client:
+        with client.db.transaction() as session:
+            outcome = job_queries.cancel_queued(session, job_ids=[job_id] if job_id else [], batch=batch, tags=tags)
+        for name in sorted({b for b in outcome.cancelled.values() if b is not None}):
+            fire_if_batch_complete(client.db, settings, name)
+    console.print(f"cancelled {len(outcome.cancelled)} queued jobs", highlight=False)
+    if outcome.running:
+        console.print(f"{outcome.running} matching jobs are running: they are left to finish", highlight=False)
 
 
 @db_app.command("upgrade")
