@@ -26,7 +26,7 @@ from videoscore.core.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 K8S = ROOT / "deploy" / "k8s"
-COMPOSE_ENV = {"POSTGRES_PASSWORD": "x", "MINIO_ROOT_PASSWORD": "y"}
+COMPOSE_ENV = {"POSTGRES_PASSWORD": "x", "MINIO_ROOT_PASSWORD": "y", "FLOWER_BASIC_AUTH": "ops:z"}
 
 
 def _cli_accepts(argv: list[str]) -> None:
@@ -80,6 +80,15 @@ def test_compose_has_the_stack_and_its_guarantees() -> None:
     assert "postgres:5432" in env["VIDEOSCORE_DATABASE_URL"]
     unknown = [k for k in env if k.startswith("VIDEOSCORE_") and k[11:].lower() not in Settings.model_fields]
     assert unknown == []
+
+
+def test_flower_asks_for_a_password_from_the_environment_and_the_worker_sends_it_events() -> None:
+    services = _compose()["services"]
+    [auth] = [arg for arg in services["flower"]["command"] if arg.startswith("--basic-auth=")]
+    assert auth.startswith("--basic-auth=${FLOWER_BASIC_AUTH:?"), "required, like POSTGRES_PASSWORD: no default"
+    assert "FLOWER_BASIC_AUTH" in (DOCKER / "compose.yaml").read_text().splitlines()[1]  # the header says to set it
+    assert "--events" in services["worker"]["command"]
+    _cli_accepts(services["worker"]["command"])
 
 
 def test_prometheus_scrapes_the_ports_the_worker_and_exporter_serve() -> None:
