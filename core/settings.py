@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from videoscore.core.variants import DEFAULT_MODEL
@@ -41,9 +41,18 @@ class Settings(BaseSettings):
     )
 
     # object storage
-    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint; unset means AWS")
-    s3_region: str = Field("us-east-1", description="S3 region")
-    s3_access_key_id: str | None = Field(None, description="S3 access key (else the default AWS chain)")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint, overriding boto3's (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, profile); "
+        "unset or empty: boto3's, else AWS"
+    )
+    s3_region: str | None = Field(
+        None, description="S3 region, overriding boto3's (AWS_REGION, AWS_DEFAULT_REGION, profile); unset or "
+        "empty: boto3's"
+    )
+    s3_access_key_id: str | None = Field(
+        None, description="S3 access key, with the secret key; unset or empty: boto3's chain (AWS_* variables, "
+        "AWS_PROFILE, instance or task role)"
+    )
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key (never logged)")
     allowed_buckets: list[str] = Field(
         default_factory=list, description="Buckets a worker may read (JSON list); empty allows all"
@@ -145,6 +154,15 @@ class Settings(BaseSettings):
         False, description="Serve Swagger UI at /docs and ReDoc at /redoc (their scripts load from a public CDN); "
         "/openapi.json is always served"
     )
+
+    @field_validator("s3_endpoint_url", "s3_region", "s3_access_key_id", "s3_secret_access_key", mode="before")
+    @classmethod
+    def _empty_s3_is_unset(cls, value: object) -> object:
+        # `export VIDEOSCORE_S3_ENDPOINT_URL=''` is how shells and compose files unset a variable; boto3 would
+        # take '' as an endpoint ("Invalid endpoint") or a region, instead of resolving its own.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> "Settings":

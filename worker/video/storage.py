@@ -54,13 +54,26 @@ class FetchedVideo:
 
 
 def make_s3_client(settings: Settings) -> Any:
-    secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-    return boto3.client(
+    """An S3 client that resolves as plain boto3 does, with the ``VIDEOSCORE_S3_*`` settings as overrides.
+
+    Only what is set is passed, so nothing pins a default: otherwise the region and endpoint come from
+    ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` or the profile named by
+    ``AWS_PROFILE``, and credentials from boto3's chain (instance and task roles included). A key id without
+    its secret (or the reverse) is passed as is, for boto3 to refuse as partial credentials.
+    """
+    overrides: dict[str, str] = {}
+    if settings.s3_endpoint_url:
+        overrides["endpoint_url"] = settings.s3_endpoint_url
+    if settings.s3_region:
+        overrides["region_name"] = settings.s3_region
+    if settings.s3_access_key_id:
+        overrides["aws_access_key_id"] = settings.s3_access_key_id
+    if settings.s3_secret_access_key:
+        overrides["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    # A session of its own: boto3's default session is made once per process and keeps the profile it saw then.
+    return boto3.session.Session().client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret,
+        **overrides,
         config=BotoConfig(
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
