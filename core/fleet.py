@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,18 +32,24 @@ from videoscore.db.session import Database
 log = logging.getLogger(__name__)
 
 QUEUE_LOAD_METRIC = "videoscore_queue_load"
+# the queue published even when the database holds no job at all (Settings.queue's default)
+DEFAULT_QUEUES: tuple[str, ...] = (str(Settings.model_fields["queue"].default),)
 
 
 class QueueLoadCollector:
     """Counts queued + running jobs per queue in the database on every scrape.
 
     If the database does not answer, the last known values are served and `videoscore_database_up` is 0, so
-    an autoscaler neither scales in nor to zero because of a database blip.
+    an autoscaler neither scales in nor to zero because of a database blip. `queues` are always published,
+    at 0 when nothing is queued: an empty queue is a 0 series, never a missing one, so "no work" (0) and
+    "exporter down" (no series: `absent(videoscore_queue_load)`, docker/prometheus-rules.yml) stay apart.
+    Before the database first answers nothing is published: an unknown load is not a zero load.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, queues: Iterable[str] = DEFAULT_QUEUES) -> None:
         self.db = db
-        self._last: dict[str, int] = {}
+        self._queues = tuple(queues)
+        self._last: dict[str, int] = {}  # nothing until the database first answers: unknown is not 0
         self._up = 0
 
     def refresh(self) -> dict[str, int]:
@@ -55,7 +61,7 @@ class QueueLoadCollector:
             self._up = 0
             return self._last
         # queues that drained keep a 0 series instead of vanishing (a vanished series is "no data" to KEDA)
-        self._last = {**{q: 0 for q in self._last}, **load}
+        self._last = {**dict.fromkeys(self._queues, 0), **dict.fromkeys(self._last, 0), **load}
         self._up = 1
         return self._last
 
@@ -72,18 +78,20 @@ class QueueLoadCollector:
         return iter(())  # no describe-time query: registering must not touch the database
 
 
-def start_queue_load_server(db: Database, port: int, host: str = "127.0.0.1") -> Any:
+def start_queue_load_server(db: Database, port: int, host: str = "127.0.0.1",
+                            queues: Iterable[str] = DEFAULT_QUEUES) -> Any:
     """Start serving the queue-load gauge on `host`:`port` in a thread; the HTTP server (shutdown() stops it)."""
     registry = CollectorRegistry()
-    registry.register(QueueLoadCollector(db))
+    registry.register(QueueLoadCollector(db, queues))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     log.info("serving %s on %s:%d/metrics", QUEUE_LOAD_METRIC, host, port)
     return server
 
 
-def serve_queue_load(db: Database, port: int, host: str = "127.0.0.1") -> None:
+def serve_queue_load(db: Database, port: int, host: str = "127.0.0.1",
+                     queues: Iterable[str] = DEFAULT_QUEUES) -> None:
     """Serve the queue-load gauge on `host`:`port` until interrupted (the exporter Deployment's entry point)."""
-    start_queue_load_server(db, port, host)
+    start_queue_load_server(db, port, host, queues)
     while True:
         time.sleep(3600)
 
