@@ -6,13 +6,20 @@ preprocess, forward, persist), how full the batches are, how long the model took
 memory, and the true load per queue (`videoscore_queue_load`, queued + running jobs counted in the database,
 which is what an autoscaler should scale on; see producer.fleet). Everything lives in this module's own
 registry, so a test process can import it next to the producer's exporter without name clashes.
+
+Where NVML answers (the `pynvml` module of nvidia-ml-py, and an NVIDIA driver), `serve` adds the GPU's
+utilisation and memory as the driver sees them (`videoscore_gpu_utilization_ratio`,
+`videoscore_gpu_memory_used_bytes`, `videoscore_gpu_memory_total_bytes`, labelled by device index): all
+processes on the device, not only this one's tensors. Without NVML or a GPU these series are absent, never an
+error. NVML is initialised when serving starts, never at import.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -25,6 +32,7 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,75 @@ def _gpu_max_memory() -> float:
 GPU_MAX_MEMORY.set_function(_gpu_max_memory)
 
 
+class NvmlCollector:
+    """GPU utilisation and memory per device from NVML, read on every scrape (a failed read skips a device)."""
+
+    def __init__(self, nvml: Any, indices: Sequence[int]) -> None:
+        self.nvml = nvml
+        self.indices = tuple(indices)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        util = GaugeMetricFamily("videoscore_gpu_utilization_ratio",
+                                 "Fraction of the last sample period a kernel ran on the GPU (NVML)", labels=["gpu"])
+        used = GaugeMetricFamily("videoscore_gpu_memory_used_bytes",
+                                 "GPU memory in use by all processes (NVML)", labels=["gpu"])
+        total = GaugeMetricFamily("videoscore_gpu_memory_total_bytes", "GPU memory installed (NVML)", labels=["gpu"])
+        for index in self.indices:
+            try:
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
+                rates = self.nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            except self.nvml.NVMLError as exc:
+                log.debug("NVML read of GPU %d failed: %s", index, exc)
+                continue
+            util.add_metric([str(index)], rates.gpu / 100.0)
+            used.add_metric([str(index)], float(memory.used))
+            total.add_metric([str(index)], float(memory.total))
+        yield from (util, used, total)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # registering must not call NVML
+
+
+def nvml_collector(visible_devices: str | None = None) -> NvmlCollector | None:
+    """A collector for the GPUs this process may use, or None without nvidia-ml-py, a driver or a GPU.
+
+    `visible_devices` is CUDA_VISIBLE_DEVICES (read from the environment when None): NVML numbers every GPU on
+    the host, so a worker pinned to some reports only those; UUIDs or an unset variable mean all of them.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+    except pynvml.NVMLError as exc:  # no driver, no device: no GPU series
+        log.debug("no NVML GPU metrics: %s", exc)
+        return None
+    if count == 0:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible_devices is None else visible_devices
+    indices = list(range(count))
+    if visible is not None and all(part.strip().isdigit() for part in visible.split(",") if part.strip()):
+        indices = [int(part) for part in visible.split(",") if part.strip() and int(part) < count]
+    return NvmlCollector(pynvml, indices) if indices else None
+
+
+_nvml_registered = False
+
+
+def track_gpus() -> bool:
+    """Add the NVML GPU gauges to the registry once, where NVML answers; whether they are served."""
+    global _nvml_registered
+    if not _nvml_registered:
+        collector = nvml_collector()
+        if collector is not None:
+            REGISTRY.register(collector)
+            _nvml_registered = True
+    return _nvml_registered
+
+
 def track_model_load(read_seconds: Callable[[], float | None]) -> None:
     MODEL_LOAD_SECONDS.set_function(lambda: read_seconds() or 0.0)
 
@@ -97,6 +174,7 @@ def serve(port: int, host: str = "127.0.0.1") -> Any | None:
     host must reach it); port 0 means off."""
     if port <= 0:
         return None
+    track_gpus()
     server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     log.info("metrics on %s:%d/metrics", host, port)
     return server
