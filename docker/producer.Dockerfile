@@ -25,5 +25,9 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 VIDEOSCORE_METRICS_HOST=0.0.0.0
 USER videoscore
 EXPOSE 8000 9109
+# the API's liveness (/healthz: the process answers; /readyz adds the database and broker). No curl in a slim
+# image: the venv's python asks. Other commands from this image (the exporter, `db upgrade`) set their own.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 ENTRYPOINT ["videoscore"]
 CMD ["api", "--host", "0.0.0.0", "--port", "8000"]

@@ -33,6 +33,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/models"]
 USER videoscore
 EXPOSE 9108
+# liveness: the worker's own /metrics answers on VIDEOSCORE_METRICS_PORT (served by the worker process from the
+# moment its runtime is built, before the model loads; a dead or wedged process stops answering). No curl in
+# a slim image: the venv's python asks.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('VIDEOSCORE_METRICS_PORT', '9108'), timeout=5)"]
 # SIGTERM is Celery's warm shutdown: jobs in flight finish before the process exits. Give it time
 # (compose: stop_grace_period; Kubernetes: terminationGracePeriodSeconds).
 STOPSIGNAL SIGTERM

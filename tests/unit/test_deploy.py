@@ -169,3 +169,98 @@ def test_metrics_bind_loopback_unless_a_container_recipe_opens_them_to_its_scrap
         [container] = _k8s(manifest)[0]["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e["value"] for e in container.get("env", [])}
         assert env.get("VIDEOSCORE_METRICS_HOST") == "0.0.0.0", manifest
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves `path` out (Docker's rules: a pattern excludes a path or any folder
+    above it; `**` spans folders; a later `!pattern` re-includes)."""
+    from fnmatch import fnmatchcase
+
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        tail = pattern.removeprefix("**/")
+        hit = any(fnmatchcase(c, pattern) or (pattern.startswith("**/") and (
+            fnmatchcase(c, tail) or fnmatchcase(c.rsplit("/", 1)[-1], tail))) for c in candidates)
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+def test_the_build_context_sends_what_the_images_copy_and_leaves_out_venvs_git_and_tests() -> None:
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for dockerfile in ("worker.Dockerfile", "producer.Dockerfile"):
+        for line in (DOCKER / dockerfile).read_text().splitlines():
+            if line.startswith("COPY ") and "--from" not in line:
+                for source in line.split()[1:-1]:
+                    assert not _dockerignored(source, patterns), f"{dockerfile}: COPY {source} is .dockerignored"
+    for left_out in (".venv", ".venv-reference/bin/python", ".git/HEAD", "tests/unit/test_deploy.py",
+                     "reference", "bench", "docs", "var", "core/__pycache__/fleet.cpython-311.pyc", ".mypy_cache"):
+        assert _dockerignored(left_out, patterns), left_out
+    assert not _dockerignored("core/fleet.py", patterns)
+
+
+def test_each_image_and_the_compose_services_check_their_own_health() -> None:
+    for dockerfile, target in (("producer.Dockerfile", ":8000/healthz"),
+                               ("worker.Dockerfile", "/metrics")):
+        text = (DOCKER / dockerfile).read_text()
+        assert "HEALTHCHECK " in text and target in text, dockerfile
+    services = _compose()["services"]
+    expected = {"api": ":8000/healthz", "exporter": f":{services['exporter']['command'][-1]}/metrics",
+                "worker": f":{services['worker']['environment']['VIDEOSCORE_METRICS_PORT']}/metrics"}
+    for name, target in expected.items():
+        test = services[name]["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "python"] and target in test[-1], name
+
+
+def _containers(manifest: str) -> list[tuple[dict, dict]]:
+    return [(doc["spec"]["template"]["spec"], c) for doc in _k8s(manifest) if doc["kind"] == "Deployment"
+            for c in doc["spec"]["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("manifest", ["api-deployment.yaml", "worker-deployment.yaml", "exporter-deployment.yaml"])
+def test_every_deployment_is_probed_bounded_and_locked_down(manifest: str) -> None:
+    [(pod, container)] = _containers(manifest)
+    _cli_accepts(container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ports, f"{manifest}: {probe}"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    # a read-only root: every place the process writes is a volume
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert set(mounts.values()) <= set(volumes)
+
+
+def test_the_api_deployment_serves_health_and_readiness_through_a_service() -> None:
+    deployment, service = _k8s("api-deployment.yaml")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    port = container["args"][container["args"].index("--port") + 1]
+    assert {p["containerPort"] for p in container["ports"]} == {int(port)}
+    assert service["kind"] == "Service"
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
+    assert "api-deployment.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+
+
+def test_the_manifests_validate_against_the_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _k8s(path.name):
+            if doc.get("apiVersion", "").startswith(("keda.sh/", "kustomize.config.k8s.io/")):
+                continue  # CRDs and kustomize's own file: no upstream schema
+            kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+            checked += 1
+    assert checked >= 7
