@@ -19,6 +19,7 @@ from sqlalchemy import (
     false,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -39,6 +40,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+# JSON text on SQLite, jsonb on PostgreSQL (migration 0004): containment (`@>`) and a GIN index for analysts
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -57,7 +62,7 @@ class Job(Base):
     prompt: Mapped[str] = mapped_column(Text)
     model: Mapped[str] = mapped_column(String(500))
     batch: Mapped[str | None] = mapped_column(String(200))
-    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    tags: Mapped[dict[str, str]] = mapped_column(JSONDocument, default=dict)
     queue: Mapped[str] = mapped_column(String(200))
     priority: Mapped[str] = mapped_column(String(8), default="normal", server_default=text("'normal'"))
     force: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -85,7 +90,7 @@ class Job(Base):
     model_revision: Mapped[str | None] = mapped_column(String(100))
     stand_in_model: Mapped[bool | None] = mapped_column(Boolean)
     num_frames: Mapped[int | None] = mapped_column(Integer)
-    frame_indices: Mapped[list[int] | None] = mapped_column(JSON)
+    frame_indices: Mapped[list[int] | None] = mapped_column(JSONDocument)
     video_etag: Mapped[str | None] = mapped_column(String(200))
     video_bytes: Mapped[int | None] = mapped_column(BigInteger)
     video_total_frames: Mapped[int | None] = mapped_column(Integer)
@@ -106,6 +111,9 @@ class Job(Base):
         Index("ix_jobs_model_created", "model", "created_at"),
         Index("ix_jobs_created_id", "created_at", "id"),  # keyset pagination over all jobs
         Index("ix_jobs_dedupe", "video_etag", "model"),  # content dedupe: earlier scores of the same object
+        # PostgreSQL only: tag filters are `tags @> '{…}'` (db.queries.tags_contain)
+        Index("ix_jobs_tags_gin", "tags", postgresql_using="gin", postgresql_ops={"tags": "jsonb_path_ops"})
+        .ddl_if(dialect="postgresql"),
     )
 
 

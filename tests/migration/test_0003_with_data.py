@@ -90,7 +90,7 @@ def test_upgrading_keeps_every_value_makes_batches_the_operators_and_gives_keys_
         database_at_0002: str) -> None:
     jobs_before = _read(database_at_0002, "jobs", "id")
     batches_before = _read(database_at_0002, "batches", "name")
-    upgrade(database_at_0002)
+    upgrade(database_at_0002, "0003")
     jobs_after = _read(database_at_0002, "jobs", "id")
     batches_after = _read(database_at_0002, "batches", "name")
     assert current_revision(database_at_0002) == "0003"
