@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import JSON, Table, bindparam, false, func, insert, or_, select, update
+from sqlalchemy import JSON, ColumnElement, Table, bindparam, false, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -365,7 +365,7 @@ def cancel_queued(
     """
     if not (job_ids or batch is not None or tags):
         raise ValueError("cancel what? give job ids, a batch or tags")
-    matching = []
+    matching: list[ColumnElement[bool]] = []
     if job_ids:
         matching.append(_JOBS.c.id.in_(list(job_ids)))
     if batch is not None:
