@@ -67,16 +67,36 @@ log = logging.getLogger(__name__)
 def register_tasks(app: Celery) -> None:
     # max_retries=None: our attempt budget (RetryPolicy) decides when to give up. Celery's default of 3 would
     # end the 4th re-send with MaxRetriesExceededError, acknowledging the message of a job left queued: lost.
-    @app.task(name=TASK_SCORE_JOB, bind=True, max_retries=None)
+    # throws: a JobFailed is an expected end, logged by Celery in one line, not as an unexpected traceback.
+    @app.task(name=TASK_SCORE_JOB, bind=True, max_retries=None, throws=(JobFailed,))
     def score_job(self: Task, job_id: Any = None, *args: Any, **kwargs: Any) -> None:
         decision = run_score_job(current_runtime(), job_id, redeliveries=self.request.retries or 0)
         apply_to_celery(self, job_id, decision)
 
 
+class JobFailed(Exception):
+    """The job failed for good (its failure is saved); raised so that Celery records the task as failed."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)  # args as __init__ takes them: Celery pickles the exception
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
 def apply_to_celery(task: Task, job_id: Any, decision: Decision) -> None:
-    """The one adapter from a decision to Celery: a Retry re-sends the message; every other decision acks it."""
+    """The one adapter from a decision to Celery: a Retry re-sends the message; every other decision acks it.
+
+    A Failed decision (already saved) raises JobFailed, so Celery's state, events and Flower show the task as
+    failed rather than succeeded. Delivery is the same as a return: with acks_late, Celery acknowledges a task
+    that raised (`task_acks_on_failure_or_timeout`, on by default), so the message is not delivered again.
+    """
     if isinstance(decision, (Retry, Superseded, Failed)) and decision.stop_worker:
         _shut_down_worker()
+    if isinstance(decision, Failed):
+        raise JobFailed(decision.kind, decision.message)
     if not isinstance(decision, Retry):
         return
     try:
