@@ -26,6 +26,31 @@ class JobTimeoutError(VideoScoreError):
     kind = "wait_timeout"
 
 
+class UnknownJobsError(VideoScoreError):
+    """No job has these ids."""
+
+    kind = "unknown_job"
+
+    def __init__(self, job_ids: Sequence[str]) -> None:
+        self.job_ids = tuple(job_ids)
+        shown = ", ".join(self.job_ids[:5]) + (f" and {len(self.job_ids) - 5} more" if len(self.job_ids) > 5 else "")
+        super().__init__(f"no job {shown}")
+
+
+class JobsNotSentError(VideoScoreError):
+    """Jobs were stored but their messages could not be sent to the broker."""
+
+    kind = "broker_unavailable"
+
+    def __init__(self, jobs: Sequence[tuple[JobRecord, bool]], cause: BaseException) -> None:
+        # Every job submitted so far, sent or not: the unsent ones are in the database, and the workers' reaper
+        # sends them once the broker is back. Submitting them again with a new idempotency key would duplicate.
+        self.jobs = list(jobs)
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        super().__init__(f"{len(self.jobs)} job(s) stored but not sent to the broker ({reason}); the workers' "
+                         "reaper sends them when it is back: do not resubmit")
+
+
 class Client:
     """Submit scoring jobs and read their results from the database."""
 
@@ -116,8 +141,11 @@ class Client:
                 if created:
                     by_queue.setdefault(job.queue, []).append(job.id)
             # Only after the commit: a worker must never receive an id whose row it cannot see yet.
-            for queue, ids in by_queue.items():
-                enqueue_pipelined(self._celery, ids, queue=queue)
+            try:
+                for queue, ids in by_queue.items():
+                    enqueue_pipelined(self._celery, ids, queue=queue)
+            except Exception as exc:  # the broker's errors are kombu's, redis-py's or OSError
+                raise JobsNotSentError([*out, *inserted], exc) from exc
             new_ids = [i for ids in by_queue.values() for i in ids]
             if new_ids:
                 with self.db.transaction() as session:
@@ -190,6 +218,10 @@ class Client:
         while True:
             with self.db.transaction() as session:
                 records = job_queries.get_jobs(session, job_ids)
+            found = {r.id for r in records}
+            unknown = [i for i in dict.fromkeys(job_ids) if i not in found]
+            if unknown:  # a typo would otherwise be waited for forever
+                raise UnknownJobsError(unknown)
             done = sum(1 for r in records if r.status in TERMINAL_STATUSES)
             if on_progress:
                 on_progress(done, len(job_ids))

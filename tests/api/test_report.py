@@ -108,7 +108,7 @@ def test_the_report_command_writes_the_page_and_refuses_an_unknown_batch(client:
     assert ok.returncode == 0, ok.stdout + ok.stderr
     page = (tmp_path / "cli-report" / "index.html").read_text()
     assert "frame strips were turned off" in page
-    assert missing.returncode == 2 and "no job belongs to batch 'nope'" in missing.stdout
+    assert missing.returncode == 2 and "no job belongs to batch 'nope'" in missing.stderr
 
 
 def test_without_the_worker_extra_the_report_has_no_frame_strips_and_says_why(client: Client, tmp_path: Path) -> None:

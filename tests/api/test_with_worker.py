@@ -138,10 +138,10 @@ def test_a_manifest_submitted_with_the_cli_is_consumed_by_the_worker(stack: Stac
     run = subprocess.run([sys.executable, "-m", "videoscore", "submit", str(manifest), "--batch", batch],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "submitted 3 jobs" in run.stdout and "3 new" in run.stdout
+    assert "submitted 3 jobs" in run.stderr and "3 new" in run.stderr  # stdout: the job ids
     rerun = subprocess.run([sys.executable, "-m", "videoscore", "submit", str(manifest), "--batch", batch],
                            capture_output=True, text=True, env=env, timeout=120)
-    assert "0 new, 3 already known" in rerun.stdout
+    assert "0 new, 3 already known" in rerun.stderr
     with stack.http() as http:
         ids = [j["id"] for j in http.get("/jobs", params={"batch": batch}).json()["jobs"]]
         done = stack.wait(http, ids)

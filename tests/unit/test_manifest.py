@@ -94,8 +94,9 @@ def test_the_cli_submits_nothing_when_any_row_is_bad_and_lists_each_one(tmp_path
     run = subprocess.run([sys.executable, "-m", "videoscore", "submit", str(path)], capture_output=True,
                          text=True, env=env)
     assert run.returncode == 2
-    assert f"{path}:2:" in run.stdout and f"{path}:3:" in run.stdout and f"{path}:1:" not in run.stdout
-    assert "2 of 3 rows are invalid; nothing was submitted" in run.stdout
+    # errors go to stderr: stdout carries only what a script reads (job ids)
+    assert f"{path}:2:" in run.stderr and f"{path}:3:" in run.stderr and f"{path}:1:" not in run.stderr
+    assert "2 of 3 rows are invalid; nothing was submitted" in run.stderr and run.stdout == ""
     assert not database.exists()
 
 
