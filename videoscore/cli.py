@@ -192,8 +192,9 @@ def _submit_manifest(settings: Settings, path: Path, defaults: dict[str, object]
                     manifest.requests, on_progress=lambda done, _total: progress.update(bar, completed=done))
     except JobsNotSentError as exc:
         _print_jobs([j for j, _ in exc.jobs], as_json=as_json)
-        _fail(f"{exc.message}; the other {len(manifest.requests) - len(exc.jobs)} of {len(manifest.requests)} "
-              "rows were not submitted", EXIT_NOT_SENT)
+        unsubmitted = len(manifest.requests) - len(exc.jobs)
+        rest = f"; the other {unsubmitted} of {len(manifest.requests)} rows were not submitted" if unsubmitted else ""
+        _fail(exc.message + rest, EXIT_NOT_SENT)
     except VideoScoreError as exc:
         _fail(exc.message)
     _print_jobs([j for j, _ in results], as_json=as_json)
