@@ -589,7 +589,7 @@ def _describe(exc: Exception) -> str:
         return "bad settings: " + "; ".join(
             f"VIDEOSCORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
     if isinstance(exc, DBAPIError):
-        return f"database unavailable at {_redact(_settings().database_url)}: {first_line(exc.orig or exc)}"
+        return f"database error at {_redact(_settings().database_url)}: {first_line(exc.orig or exc)}"
     if _is_broker_error(exc):
         return f"broker unavailable at {_redact(_settings().broker_url)}: {first_line(exc)}"
     return f"{type(exc).__name__}: {first_line(exc)}"

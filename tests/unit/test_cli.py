@@ -69,7 +69,7 @@ def test_a_bad_enum_value_is_refused_with_exit_2_and_the_valid_ones(env: dict[st
 def test_a_database_that_is_down_is_one_line_on_stderr_and_debug_shows_the_traceback(tmp_path: Path) -> None:
     env = {"VIDEOSCORE_DATABASE_URL": f"sqlite:///{tmp_path / 'no' / 'such' / 'folder.db'}"}
     run = videoscore("results", env=env)
-    assert run.returncode == 1 and "database unavailable at sqlite:///" in one_line_error(run)
+    assert run.returncode == 1 and "database error at sqlite:///" in one_line_error(run)
     debug = videoscore("--debug", "results", env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
