@@ -498,9 +498,9 @@ def cancel(
             outcome = job_queries.cancel_queued(session, job_ids=[job_id] if job_id else [], batch=batch, tags=tags)
         for name in sorted({b for b in outcome.cancelled.values() if b is not None}):
             fire_if_batch_complete(client.db, settings, name)
-    console.print(f"cancelled {len(outcome.cancelled)} queued jobs", highlight=False)
+    err_console.print(f"cancelled {len(outcome.cancelled)} queued jobs", highlight=False)  # a summary: stderr
     if outcome.running:
-        console.print(f"{outcome.running} matching jobs are running: they are left to finish", highlight=False)
+        err_console.print(f"{outcome.running} matching jobs are running: they are left to finish", highlight=False)
 
 
 @db_app.command("upgrade")
