@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from videoscore.core.errors import IdempotencyConflict, IdempotencyConflictError, WorkerLostError
 from videoscore.core.jobspec import JobRequest
 from videoscore.core.names import JOBS_PER_CHUNK, JobStatus
+from videoscore.core.variants import DEFAULT_MODEL
 from videoscore.db.models import Job, utcnow
 from videoscore.db.records import JobRecord, ScoreResult
 
@@ -53,6 +54,10 @@ def insert_jobs(
     A key names one job: a request whose key names a job with other fields (`same_job` differs) raises
     IdempotencyConflictError, listing every such request, and the caller's transaction rolls back.
     """
+    # The SDK and the API resolve a job's model (the deployment's default when it names none) in validate_job; a
+    # request inserted without that step names no model, and gets the registry's default as it always did.
+    requests = [request if request.model else request.model_copy(update={"model": DEFAULT_MODEL})
+                for request in requests]
     now = utcnow()
     rows: list[dict[str, Any]] = []
     plan: list[int] = []  # for each request, the index of the row that answers it

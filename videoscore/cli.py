@@ -438,7 +438,10 @@ def fleet(
         import logging
 
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        serve_queue_load(database, serve, settings.metrics_host)
+        from videoscore.core.queueing import worker_queues
+
+        # the default model's queues are published even when empty: 0, not "no data", to an autoscaler
+        serve_queue_load(database, serve, settings.metrics_host, worker_queues(settings))
     if resend_queued_after is not None:
         sent = resend_long_queued(database, settings, sent_before_s=resend_queued_after)
         console.print(f"re-sent {sent} jobs queued for more than {resend_queued_after:.0f}s")

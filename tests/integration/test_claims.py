@@ -302,3 +302,18 @@ def test_a_requested_run_waits_until_it_covers_the_jobs_sent_just_before_the_eve
         assert reconciler.maybe_run() == 1 and not reconciler.pending
     finally:
         client.flushdb()
+
+
+def test_a_death_detected_a_lease_late_is_reconciled_at_once(database_url: str, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """A worker whose heartbeat lapsed a lease ago died a lease ago: when the lease outlasts the clock margin,
+    every job it could have lost was sent long enough before, and the run need not wait."""
+    from videoscore.worker.service.reconcile import BrokerReconciler
+
+    db, app, settings, client, queue, lost = _lost_message_fixture(database_url, redis_server)
+    try:
+        reconciler = BrokerReconciler(db, app, settings.broker_url, interval_s=3600, worker_id="w1",
+                                      clock_margin=MARGIN)
+        reconciler.request("a worker died", happened_s_ago=2 * MARGIN.total_seconds())
+        assert reconciler.maybe_run() == 1 and not reconciler.pending
+    finally:
+        client.flushdb()

@@ -93,3 +93,34 @@ def test_promtool_accepts_the_rules_and_the_exposition(empty_db: Database) -> No
     metrics = subprocess.run(["promtool", "check", "metrics"], input=_exposition(QueueLoadCollector(empty_db)),
                              capture_output=True, text=True)
     assert metrics.returncode == 0, metrics.stdout + metrics.stderr
+
+
+def test_videoscore_fleet_serve_publishes_the_deployments_queues_at_zero(tmp_path: Path) -> None:
+    """What KEDA reads: `videoscore fleet --serve` on an empty database publishes the configured queue (and its
+    .high and .low) at 0, not no series."""
+    import os
+    import sys
+    import time
+
+    from videoscore.worker.testing.servers import free_port
+
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    upgrade(url)
+    port = free_port()
+    env = {**os.environ, "VIDEOSCORE_DATABASE_URL": url, "VIDEOSCORE_QUEUE": "gen"}
+    process = subprocess.Popen([sys.executable, "-m", "videoscore", "fleet", "--serve", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the exporter never answered"
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    load = _samples(text, QUEUE_LOAD_METRIC)
+    assert load == {(("queue", "gen.high"),): 0.0, (("queue", "gen"),): 0.0, (("queue", "gen.low"),): 0.0}

@@ -101,7 +101,8 @@ class Maintenance:
         if any(job.error_kind == WorkerLostError.kind for job in orphans):
             # A dead worker may also have taken a message with BRPOP that kombu never recorded as unacknowledged:
             # only a reconciliation finds it, so run one now rather than at the next interval.
-            self.reconciler.request("a worker died (its claimed jobs stopped heartbeating)")
+            self.reconciler.request("a worker died (its claimed jobs stopped heartbeating)",
+                                    happened_s_ago=self.runtime.settings.lease_s)
         return sent
 
     def _broker(self, step: Callable[[], object]) -> None:

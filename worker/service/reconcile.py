@@ -110,7 +110,7 @@ class BrokerReconciler:
         self.client = _redis_client(broker_url)
         self._run_id: str | None = None
         self._members: set[str] | None = None  # the fleet as last seen; None until the first look
-        self._asked_at: float | None = None  # Redis' clock when a reconciliation was first asked for
+        self._asked_at: float | None = None  # Redis' clock at the latest event a reconciliation was asked for
         self._last = time.monotonic()
         self._lock_token = f"{worker_id}:{os.urandom(8).hex()}"
 
@@ -118,16 +118,21 @@ class BrokerReconciler:
     def pending(self) -> bool:
         return self._asked_at is not None
 
-    def request(self, reason: str) -> None:
-        """Ask for a reconciliation at the next round (a worker died, Redis restarted)."""
+    def request(self, reason: str, *, happened_s_ago: float = 0.0) -> None:
+        """Ask for a reconciliation that covers an event (a worker died, Redis restarted) which happened at least
+        `happened_s_ago` seconds ago: a worker whose heartbeat lapsed a lease ago died a lease ago, so the run
+        need not wait the clock margin after the request (see maybe_run)."""
         if self.client is None:
             return
         if self._asked_at is None:
             log.warning("%s: queued jobs will be reconciled with the broker", reason)
-            try:
-                self._asked_at = _redis_time(self.client)
-            except Exception:  # noqa: BLE001 - Redis is away: our own clock, at worst one reconciliation too many
-                self._asked_at = time.time()
+        try:
+            now = _redis_time(self.client)
+        except Exception:  # noqa: BLE001 - Redis is away: our own clock, at worst one reconciliation too many
+            now = time.time()
+        event_at = now - happened_s_ago
+        # the run must cover every event asked about: the latest one decides when it may start
+        self._asked_at = event_at if self._asked_at is None else max(self._asked_at, event_at)
 
     def observe(self) -> None:
         """Note whether Redis restarted or a worker left the fleet since the last look (a few cheap commands)."""
@@ -145,7 +150,7 @@ class BrokerReconciler:
         members = {_text(key)[len(MEMBER_PREFIX):] for key in self.client.scan_iter(MEMBER_PREFIX + "*", count=1000)}
         if self._members is not None and (gone := self._members - members):
             self.request(f"worker {sorted(gone)[0]} left the fleet" if len(gone) == 1
-                         else f"{len(gone)} workers left the fleet")
+                         else f"{len(gone)} workers left the fleet", happened_s_ago=self.member_ttl_s)
         self._members = members
 
     def leave(self) -> None:
