@@ -40,8 +40,17 @@ def test_the_region_comes_from_aws_default_region_when_videoscore_sets_none(monk
 
 
 def test_without_any_region_boto3s_own_default_applies() -> None:
-    # boto3 (1.44) reads AWS_DEFAULT_REGION, not AWS_REGION, for a client's region; with neither, S3's global one
-    assert make_s3_client(Settings()).meta.region_name == "us-east-1"
+    assert make_s3_client(Settings()).meta.region_name == "us-east-1"  # S3's global one
+
+
+def test_aws_region_is_honoured_before_aws_default_region_as_the_aws_cli_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # boto3 (1.44) itself reads only AWS_DEFAULT_REGION; the AWS CLI v2 and the other SDKs read AWS_REGION first
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert make_s3_client(Settings()).meta.region_name == "ap-south-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert make_s3_client(Settings()).meta.region_name == "ap-south-1"
+    monkeypatch.setenv("VIDEOSCORE_S3_REGION", "us-west-2")
+    assert make_s3_client(Settings()).meta.region_name == "us-west-2"
 
 
 def test_videoscore_s3_region_overrides_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

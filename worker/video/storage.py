@@ -57,15 +57,17 @@ def make_s3_client(settings: Settings) -> Any:
     """An S3 client that resolves as plain boto3 does, with the ``VIDEOSCORE_S3_*`` settings as overrides.
 
     Only what is set is passed, so nothing pins a default: otherwise the region and endpoint come from
-    ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` or the profile named by
-    ``AWS_PROFILE``, and credentials from boto3's chain (instance and task roles included). A key id without
-    its secret (or the reverse) is passed as is, for boto3 to refuse as partial credentials.
+    ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` or the profile named by ``AWS_PROFILE``,
+    and credentials from boto3's chain (instance and task roles included). ``AWS_REGION``, which the AWS CLI v2
+    and the other AWS SDKs read before ``AWS_DEFAULT_REGION`` but boto3 does not, is honoured the same way. A
+    key id without its secret (or the reverse) is passed as is, for boto3 to refuse as partial credentials.
     """
     overrides: dict[str, str] = {}
     if settings.s3_endpoint_url:
         overrides["endpoint_url"] = settings.s3_endpoint_url
-    if settings.s3_region:
-        overrides["region_name"] = settings.s3_region
+    region = settings.s3_region or os.environ.get("AWS_REGION", "").strip()
+    if region:
+        overrides["region_name"] = region
     if settings.s3_access_key_id:
         overrides["aws_access_key_id"] = settings.s3_access_key_id
     if settings.s3_secret_access_key:
