@@ -57,6 +57,26 @@ a stream's timestamps cannot name frames (missing or repeated), or the decoder i
 sequence that disagrees with the timestamp ranks (it skipped a frame), or the container cannot seek, the
 fast reader falls back to the reference loop rather than risk returning different frames.
 
+Decision: frames no target needs are not decoded (H.264 non-reference pictures)
+-------------------------------------------------------------------------------
+Walking from a keyframe to a target, the fast reader feeds the decoder packet by packet and decides for each
+one, before sending it, whether the decoder may drop it: `skip_frame = "NONREF"` for a packet whose frame
+(named by its timestamp, through the index) is neither a wanted frame nor a keyframe, `"DEFAULT"` for every
+other packet (wanted frames, keyframes, packets without a timestamp or with one the index does not know).
+FFmpeg's H.264 decoder then drops only NAL units with nal_ref_idc == 0, pictures that by the standard no
+other picture predicts from, so every picture it does decode, every wanted frame among them, is bit for bit
+what the reference loop decodes. The decision is per packet in decode order, taken with the frame's
+presentation number in hand, so B-frame reordering and the decoder's delay (reordering plus frame threads)
+need no safety window: a wanted frame is never sent under "NONREF", however early it is sent. With frame
+threading the setting travels with each packet to its thread (FFmpeg copies skip_frame at submission).
+Only H.264 skips: HEVC's "non-reference" pictures are non-reference only within their temporal sub-layer
+(a higher sub-layer may still predict from them), and other codecs are not measured.
+
+A dropped picture produces no frame, so the consecutive-output check allows a gap only over frame numbers
+whose packets went to the decoder under "NONREF" in the current run; any other gap, or a frame out of order,
+falls back as before. When a run that skipped hits a decode error or ends early, it is decoded again from
+its keyframe without skipping, so errors (and their messages) are those of the reader without skipping.
+
 Every container is opened through a context manager and closed on every path, errors included: live
 decoder threads were measured to slow the next model forward from 0.05 s to 1-2 s. Closing is not enough
 on its own: PyAV frees a decoder (and its threads) only when the last Python reference to its stream
@@ -66,6 +86,7 @@ goes, and an exception's traceback holds such references; see `_drops_decoders_o
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
 import functools
 import logging
@@ -131,6 +152,10 @@ _DECODER_SLACK = 64
 # Frame threading decodes several frames at once (one thread per core, plus one); PyAV's default, slice
 # threading, leaves x264's single-slice streams on one core. Frames are bit-identical either way.
 _DECODER_THREAD_TYPE = "AUTO"
+
+# Decoders (codec context names) whose skip_frame="NONREF" drops only pictures no other picture is predicted
+# from, so the indexed reader may let them drop frames no target needs (module docstring).
+_NONREF_SKIPPING_CODECS = frozenset({"h264"})
 
 
 # --- public API ------------------------------------------------------------------------------------------
@@ -263,19 +288,24 @@ def read_frames(
     method: ReadMethod = "indexed",
     max_pixels: int | None = None,
     budget: MemoryBudget | None = None,
+    skip_nonref: bool = True,
 ) -> list[np.ndarray]:
     """Decode the frames numbered `indices` as HxWx3 uint8 RGB arrays, in the order `indices` lists them.
 
     A repeated index returns the same array object twice. Raises `VideoDecodeError` when a needed
     frame cannot be decoded (truncated or corrupt file, or an index past the end), `VideoTooLargeError`
-    before decoding when the frames are over `max_pixels` or do not fit `budget`.
+    before decoding when the frames are over `max_pixels` or do not fit `budget`. `skip_nonref=False` makes
+    the indexed reader decode every frame on its way to a target (the same frames come back either way; see
+    the module docstring).
     """
     path = Path(path)
     if budget is not None:
         with open_video(path, max_pixels=max_pixels) as (_, stream):
             width, height = stream.codec_context.width, stream.codec_context.height
         budget.check(len({operator.index(i) for i in indices}), width, height)
-    frames, _ = _read_frames(path, indices, method=method, frame_index=None, max_pixels=max_pixels)
+    frames, _ = _read_frames(
+        path, indices, method=method, frame_index=None, max_pixels=max_pixels, skip_nonref=skip_nonref
+    )
     return frames
 
 
@@ -287,14 +317,18 @@ def sample_video(
     max_pixels: int | None = None,
     method: ReadMethod = "indexed",
     budget: MemoryBudget = MemoryBudget(),
+    skip_nonref: bool = True,
 ) -> SampledVideo:
-    """Probe `path`, pick `num_frames` frame numbers by the model card's rule, check `budget`, decode them."""
+    """Probe `path`, pick `num_frames` frame numbers by the model card's rule, check `budget`, decode them.
+
+    `skip_nonref` as for `read_frames`.
+    """
     started = time.perf_counter()
     info, frame_index = _probe(Path(path), max_pixels=max_pixels)
     indices = sample_indices(info.total_frames, num_frames)
     budget.check(len(set(indices)), info.width, info.height)
     frames, frames_decoded = _read_frames(
-        Path(path), indices, method=method, frame_index=frame_index, max_pixels=max_pixels
+        Path(path), indices, method=method, frame_index=frame_index, max_pixels=max_pixels, skip_nonref=skip_nonref
     )
     return SampledVideo(
         info=info,
@@ -558,10 +592,12 @@ def _read_frames(
     frame_index: _FrameIndex | None,
     max_pixels: int | None = None,
     convert: FrameConverter = _to_rgb,
+    skip_nonref: bool = True,
 ) -> tuple[list[np.ndarray], int]:
     """The frames numbered `indices`, each as `convert` makes it, and how many frames were decoded.
 
     `frame_index` is the probe's, when there was one; `max_pixels` is checked again at each open.
+    `skip_nonref`: whether the indexed reader may drop non-reference frames no target needs (module docstring).
     """
     if method not in ("indexed", "decode_all"):
         raise ValueError(f"unknown method {method!r}; expected 'indexed' or 'decode_all'")
@@ -572,7 +608,7 @@ def _read_frames(
     decoded = None
     if method == "indexed":
         try:
-            decoded = _read_indexed(opener, wanted, frame_index, convert)
+            decoded = _read_indexed(opener, wanted, frame_index, convert, skip_nonref=skip_nonref)
         except _IndexUnusable as why:
             log.warning("%s: reading every frame instead of seeking (%s)", path.name, why)
     if decoded is None:
@@ -617,9 +653,17 @@ def _read_decode_all(
 
 
 def _read_indexed(
-    opener: _Opener, wanted: list[int], frame_index: _FrameIndex | None, convert: FrameConverter
+    opener: _Opener,
+    wanted: list[int],
+    frame_index: _FrameIndex | None,
+    convert: FrameConverter,
+    *,
+    skip_nonref: bool = True,
 ) -> _Decoded:
-    """Decode forward, seeking only when the next wanted frame's keyframe lies ahead of the decoder."""
+    """Decode forward, seeking only when the next wanted frame's keyframe lies ahead of the decoder.
+
+    With `skip_nonref`, H.264 non-reference frames that are not wanted are dropped undecoded (module docstring).
+    """
     if frame_index is None:
         with opener() as (container, stream):
             frame_index = _index_frames(container, stream)
@@ -632,7 +676,9 @@ def _read_indexed(
             if header_frames > frame_index.packets:
                 raise _header_overpromises(header_frames, frame_index.packets, needed=wanted[-1])
             raise _past_the_end(wanted[-1], frame_index.total)
-        decoder = _ForwardDecoder(container, stream, frame_index, header_frames)
+        decoder = _ForwardDecoder(
+            container, stream, frame_index, header_frames, wanted=wanted, skip_nonref=skip_nonref
+        )
         for target in wanted:
             keyframe = frame_index.keyframe_at_or_before(target)
             if decoder.seek_pays_off(keyframe):
@@ -646,17 +692,36 @@ class _ForwardDecoder:
     """Decodes one stream forward from the last seek, naming each frame by its presentation rank.
 
     It checks as it goes that the numbering it assumes is the decoder's own: within one run, frames
-    must come out consecutively; a gap means the decoder skipped a frame, and the reference loop would
-    then number later frames differently.
+    must come out consecutively, but for frames it let the decoder drop (non-reference frames no target
+    needs, see the module docstring); any other gap means the decoder skipped a frame, and the reference
+    loop would then number later frames differently.
     """
 
-    def __init__(self, container, stream, frame_index: _FrameIndex, header_frames: int) -> None:
+    def __init__(
+        self,
+        container,
+        stream,
+        frame_index: _FrameIndex,
+        header_frames: int,
+        *,
+        wanted: Sequence[int] = (),
+        skip_nonref: bool = False,
+    ) -> None:
         self._container = container
         self._stream = stream
         self._index = frame_index
         self._header_frames = header_frames
         self._number_of = {pts: number for number, pts in enumerate(frame_index.frame_pts)}
-        self._frames = container.decode(stream)
+        # frames the decoder must not drop: every wanted one (a later target's packet may go in while the decoder
+        # still works towards an earlier one) and every keyframe (a run starts there)
+        self._needed = frozenset(wanted) | frozenset(frame_index.keyframes)
+        # H.264 only (module docstring); the index must name frames, which the indexed reader checks before this
+        self._skip_nonref = skip_nonref and stream.codec_context.name in _NONREF_SKIPPING_CODECS
+        self._droppable: set[int] = set()  # frame numbers sent under "NONREF" in the current run
+        # packets come from `demux`, frames wait in `_pending`: no generator of ours, which would hold `self` in a
+        # reference cycle and keep the decoder (and its threads) alive until the garbage collector runs
+        self._packets = container.demux(stream)
+        self._pending: collections.deque[av.VideoFrame] = collections.deque()
         self._run_keyframe = 0  # the keyframe the current run started from
         self._run_by_dts = False  # whether the current run's seek used the keyframe's decode timestamp
         self._seek_by_dts = False  # learned per file: MPEG-TS and AVI index keyframes by decode time
@@ -691,7 +756,9 @@ class _ForwardDecoder:
             self._container.seek(timestamp, stream=self._stream)
         except av.FFmpegError as exc:
             raise _IndexUnusable(f"seeking failed: {_ffmpeg_reason(exc)}") from exc
-        self._frames = self._container.decode(self._stream)
+        self._packets = self._container.demux(self._stream)
+        self._pending.clear()
+        self._droppable = set()  # the seek flushed the decoder: nothing sent before it comes out
         self._run_keyframe, self._run_by_dts, self._previous = keyframe, by_dts, None
         self.next_frame = keyframe
 
@@ -699,6 +766,8 @@ class _ForwardDecoder:
         while True:
             frame = self._next_decoded()
             if frame is None:
+                if self._previous is not None and self._redo_run_without_skipping():
+                    continue  # the run ended early after dropping frames: see whether it does without dropping
                 self._reland(ended=True)
                 continue
             number = self._number(frame)
@@ -707,22 +776,66 @@ class _ForwardDecoder:
             if self._previous is None and number != self._run_keyframe:
                 self._reland(ended=False)  # the seek landed past the keyframe we asked for
                 continue
-            if self._previous is not None and number != self._previous + 1:
+            if self._previous is not None and not self._follows(number):
+                if self._redo_run_without_skipping():
+                    continue
                 raise _IndexUnusable(f"decoder skipped from frame {self._previous} to {number}")
             self._previous = number
             self.next_frame = number + 1
             if number == target:
                 return frame
 
+    def _follows(self, number: int) -> bool:
+        """Whether frame `number` may come out next: the next frame, or one after frames we let the decoder drop."""
+        assert self._previous is not None
+        return number > self._previous and all(
+            skipped in self._droppable for skipped in range(self._previous + 1, number)
+        )
+
+    def _may_drop(self, packet: av.Packet) -> bool:
+        """Whether the decoder may drop `packet`'s frame if it is non-reference; such frames are recorded."""
+        number = None if packet.pts is None else self._number_of.get(packet.pts)
+        if number is None or number in self._needed or packet.is_keyframe:
+            return False
+        self._droppable.add(number)
+        return True
+
+    def _redo_run_without_skipping(self) -> bool:
+        """After a decode error, an early end or an unexpected gap in a run that let frames drop: decode that run
+        again without dropping anything (from here on), so that what happens is what happens without skipping.
+
+        Returns False (nothing to redo) when no packet of the run went to the decoder under "NONREF".
+        """
+        if not self._skip_nonref or not self._droppable:
+            return False
+        log.info("decoding again from frame %d without skipping non-reference frames", self._run_keyframe)
+        self._skip_nonref = False
+        self._stream.codec_context.skip_frame = "DEFAULT"
+        self.seek(self._run_keyframe, by_dts=self._run_by_dts)
+        return True
+
     def _next_decoded(self) -> av.VideoFrame | None:
-        try:
-            frame = next(self._frames)
-        except StopIteration:
-            return None
-        except av.FFmpegError as exc:
-            raise _cannot_decode(self.next_frame, self._header_frames, exc) from exc
+        """The decoder's next frame (None at the end of the stream), as `container.decode(stream)` yields it.
+
+        Before each packet goes in, the decoder is told whether it may drop that packet's frame: "NONREF" lets
+        FFmpeg's H.264 decoder drop the picture if no other picture references it, and is set only for a packet
+        whose timestamp names a frame that is neither wanted nor a keyframe. The setting in force when a packet
+        is sent is the one it is decoded with (frame threads copy it when the packet is handed to them).
+        """
+        while not self._pending:
+            try:
+                packet = next(self._packets, None)  # the last packets are PyAV's flush packets
+                if packet is None:
+                    return None
+                if self._skip_nonref:
+                    self._stream.codec_context.skip_frame = "NONREF" if self._may_drop(packet) else "DEFAULT"
+                self._pending.extend(packet.decode())
+            except av.FFmpegError as exc:
+                if self._redo_run_without_skipping():
+                    continue
+                raise _cannot_decode(self.next_frame, self._header_frames, exc) from exc
         self.frames_decoded += 1
-        return frame
+        return self._pending.popleft()
 
     def _number(self, frame: av.VideoFrame) -> int:
         number = None if frame.pts is None else self._number_of.get(frame.pts)
