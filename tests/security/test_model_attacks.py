@@ -30,7 +30,7 @@ from videoscore.core.variants import (
 )
 from videoscore.worker.model.engine import Engine, ScoreOutcome
 from videoscore.worker.model.scorer import ScoreRequest, ScorerProtocol
-from videoscore.worker.testing.fast_scorer import FastScorer
+from videoscore.worker.testing.fast_scorer import FastPreprocessor, FastScorer
 
 QWEN = "TIGER-Lab/VideoScore-Qwen2-VL"
 
@@ -305,7 +305,7 @@ def test_a_model_that_failed_to_load_fails_the_second_job_in_milliseconds(host: 
             raise ModelLoadError(f"could not load {spec.label}: no weights in {Path(spec.source).name}")
         return FastScorer(spec, max_tokens=1000, call_log_dir=None)
 
-    engine = Engine(load, batch_size=2, load_retry_after_s=300)
+    engine = Engine(load, lambda spec: FastPreprocessor(spec, max_tokens=1000), batch_size=2, load_retry_after_s=300)
     engine.start()
     try:
         started = time.monotonic()

@@ -20,8 +20,9 @@ import pytest
 from videoscore.core.errors import DeviceError, ModelLoadError, PromptTooLongError
 from videoscore.core.variants import ASPECTS, DEFAULT_MODEL, VARIANTS, ModelSpec, resolve_model
 from videoscore.worker.model.engine import Engine, ScoreOutcome
-from videoscore.worker.model.scorer import AspectScores, BatchResult, ScoreRequest, ScorerProtocol
-from videoscore.worker.testing.fast_scorer import FastScorer, build_fast_stand_in
+from videoscore.worker.model.preprocess import PreparedRequest, ScoreRequest
+from videoscore.worker.model.scorer import AspectScores, BatchResult, ScorerProtocol
+from videoscore.worker.testing.fast_scorer import FastPreprocessor, FastScorer, build_fast_stand_in
 
 DEVICE_FAULT = "#device-fault"
 FRAMES = [np.full((32, 32, 3), 128, dtype=np.uint8)] * 2
@@ -34,11 +35,16 @@ class RecordingScorer(FastScorer):
         super().__init__(spec, max_tokens=1000, call_log_dir=None)
         self.batches = batches
 
-    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
-        self.batches.append((self.spec.source, [r.prompt for r in requests]))
-        if any(DEVICE_FAULT in r.prompt for r in requests):
+    def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
+        self.batches.append((self.spec.source, [r.prompt for r in batch]))
+        if any(DEVICE_FAULT in r.prompt for r in batch):
             raise DeviceError("CUDA error: an illegal memory access was encountered")
-        return super().score(requests)
+        return super().score_prepared(batch)
+
+
+def fast_preprocessor(spec: ModelSpec) -> FastPreprocessor:
+    """The fast stand-in's preprocessor, with the RecordingScorer's limit of 1000 tokens."""
+    return FastPreprocessor(spec, max_tokens=1000)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def make_engine(batches: list[tuple[str, list[str]]]) -> Iterator[Callable[..., 
     made: list[Engine] = []
 
     def make(batch_size: int = 4, batch_wait_ms: int = 50) -> Engine:
-        engine = Engine(lambda spec: RecordingScorer(spec, batches), batch_size=batch_size,
+        engine = Engine(lambda spec: RecordingScorer(spec, batches), fast_preprocessor, batch_size=batch_size,
                         batch_wait_ms=batch_wait_ms)
         made.append(engine)
         return engine
@@ -98,6 +104,78 @@ def test_a_batch_waits_at_most_batch_wait_for_more_requests(make_engine, batches
     engine.start()
     [outcome] = _results([engine.submit(a, _request("alone"))])
     assert isinstance(outcome, ScoreOutcome) and outcome.batch_size == 1
+
+
+def _announced_jobs(engine: Engine, spec: ModelSpec, jobs: list[tuple[str, float, bool]]) -> list[Future]:
+    """Run jobs as the worker's tasks do, each in its own thread inside `engine.expecting_request()`: a job
+    (prompt, seconds of download/decode before it submits, whether it submits at all) returns its future."""
+    futures: list[Future] = [Future() for _ in jobs]
+    ready = threading.Barrier(len(jobs) + 1)
+
+    def job(index: int, prompt: str, work_s: float, submits: bool) -> None:
+        with engine.expecting_request():
+            ready.wait()
+            time.sleep(work_s)
+            if submits:
+                engine.submit(spec, _request(prompt)).add_done_callback(
+                    lambda done: futures[index].set_result(done.result()))
+            else:
+                futures[index].set_exception(ValueError(f"{prompt}: failed before scoring (say, a corrupt video)"))
+
+    threads = [threading.Thread(target=job, args=(i, *spec_)) for i, spec_ in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    ready.wait()  # every job announced before any submits
+    for thread in threads:
+        thread.join(timeout=10)
+    return futures
+
+
+def _announcing_engine(make_engine, **options: Any) -> Engine:
+    engine = make_engine(**options)
+    engine.jobs_announce = True  # as the worker's runtime builds it
+    engine.start()
+    return engine
+
+
+def test_once_every_job_in_flight_has_submitted_the_batch_runs_without_waiting_to_fill(
+    make_engine, batches, models,
+) -> None:
+    a, _ = models
+    engine = _announcing_engine(make_engine, batch_size=4, batch_wait_ms=30_000)
+    started = time.monotonic()
+    outcomes = _results(_announced_jobs(engine, a, [("first", 0.0, True), ("second", 0.0, True)]))
+    assert [o.batch_size for o in outcomes] == [2, 2]  # one batch of the two, not two of one...
+    assert time.monotonic() - started < 10  # ...and not after the 30 s the batch could wait to fill
+
+
+def test_a_job_still_decoding_is_waited_for_so_the_batch_fills(make_engine, batches, models) -> None:
+    a, _ = models
+    engine = _announcing_engine(make_engine, batch_size=2, batch_wait_ms=30_000)
+    outcomes = _results(_announced_jobs(engine, a, [("quick", 0.0, True), ("slow to decode", 0.5, True)]))
+    assert [prompts for _, prompts in batches] == [["quick", "slow to decode"]]
+    assert [o.batch_size for o in outcomes] == [2, 2]
+
+
+def test_a_job_that_fails_before_submitting_releases_the_wait(make_engine, batches, models) -> None:
+    a, _ = models
+    engine = _announcing_engine(make_engine, batch_size=4, batch_wait_ms=30_000)
+    started = time.monotonic()
+    scored, failed = _results(_announced_jobs(engine, a, [("scored", 0.0, True), ("corrupt", 0.3, False)]))
+    assert isinstance(scored, ScoreOutcome) and scored.batch_size == 1
+    assert isinstance(failed, ValueError)
+    assert time.monotonic() - started < 10
+
+
+def test_a_batch_holds_only_videos_that_pad_to_the_same_shape_oldest_shape_first(make_engine, batches, models) -> None:
+    a, _ = models
+    engine = make_engine(batch_size=4)
+    small, large = [np.zeros((32, 32, 3), np.uint8)] * 2, [np.zeros((64, 96, 3), np.uint8)] * 2
+    order = [("small 1", small), ("large 1", large), ("small 2", small), ("large 2", large), ("small 3", small)]
+    futures = [engine.submit(a, ScoreRequest(frames=frames, prompt=prompt)) for prompt, frames in order]
+    engine.start()
+    assert all(isinstance(o, ScoreOutcome) for o in _results(futures))
+    assert [prompts for _, prompts in batches] == [["small 1", "small 2", "small 3"], ["large 1", "large 2"]]
 
 
 def test_a_request_for_another_model_waits_for_the_next_batch(make_engine, batches, models) -> None:
@@ -161,7 +239,7 @@ def test_a_model_that_cannot_load_fails_its_batch_and_the_engine_keeps_serving(m
             raise ModelLoadError("no weights in this folder")
         return FastScorer(spec, max_tokens=1000, call_log_dir=None)
 
-    engine = Engine(load, batch_size=2)
+    engine = Engine(load, fast_preprocessor, batch_size=2)
     engine.start()
     try:
         [failed] = _results([engine.submit(broken, _request("on the broken model"))])
@@ -206,20 +284,13 @@ class FakeScorer:
     def device(self) -> str:
         return "cpu"
 
-    @property
-    def max_tokens(self) -> int:
-        return 1000
-
     def warm_up(self) -> None:
         pass
 
-    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
-        pass
-
-    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
+    def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
         time.sleep(self._batch_s)
-        self._log.append(("batch", self._spec.name, tuple(r.prompt for r in requests)))
-        return BatchResult([AspectScores.from_logits([1.0] * len(ASPECTS)) for _ in requests], 0.0, self._batch_s)
+        self._log.append(("batch", self._spec.name, tuple(r.prompt for r in batch)))
+        return BatchResult([AspectScores.from_logits([1.0] * len(ASPECTS)) for _ in batch], 0.0, self._batch_s)
 
     def close(self) -> None:
         self._log.append(("close", self._spec.name, ()))
@@ -260,7 +331,7 @@ def fake_engine() -> Iterator[Callable[..., Engine]]:
     made: list[Engine] = []
 
     def make(loader: FakeLoader, **options: Any) -> Engine:
-        engine = Engine(loader, **{"batch_size": 4, "batch_wait_ms": 0, **options})
+        engine = Engine(loader, fast_preprocessor, **{"batch_size": 4, "batch_wait_ms": 0, **options})
         made.append(engine)
         return engine
 

@@ -12,10 +12,12 @@ import pytest
 from videoscore.core.errors import PromptTooLongError
 from videoscore.core.settings import Settings
 from videoscore.core.variants import DEFAULT_MODEL, resolve_model
-from videoscore.worker.model.scorer import ScoreRequest, ScorerProtocol
+from videoscore.worker.model.preprocess import PreprocessorProtocol, ScoreRequest
+from videoscore.worker.model.scorer import ScorerProtocol
 from videoscore.worker.service import metrics, runtime
 from videoscore.worker.testing.fast_scorer import (
     FAST_SCORER,
+    FastPreprocessor,
     FastScorer,
     build_fast_stand_in,
     is_fast_stand_in,
@@ -58,17 +60,20 @@ def test_an_over_long_prompt_and_the_fail_marker_raise(tmp_path: Path) -> None:
 def test_the_workers_metered_scorer_is_the_scorer_it_wraps_and_counts_each_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(runtime.ALTERNATIVE_SCORERS, FAST_SCORER, FastScorer.load)
+    monkeypatch.setitem(runtime.ALTERNATIVE_SCORERS, FAST_SCORER,
+                        runtime.ScorerKind(FastScorer.load, FastPreprocessor.load))
     spec = resolve_model(str(build_fast_stand_in(tmp_path / "fast", max_tokens=500)))
     metered, plain = runtime.load_scorer(spec, Settings()), FastScorer.load(spec)
+    preprocessor = runtime.load_preprocessor(spec, Settings())
     assert isinstance(metered, ScorerProtocol) and isinstance(plain, ScorerProtocol)
-    assert (metered.spec, metered.revision, metered.device, metered.max_tokens) == (
-        plain.spec, plain.revision, plain.device, plain.max_tokens)
+    assert isinstance(preprocessor, PreprocessorProtocol)
+    assert (metered.spec, metered.revision, metered.device) == (plain.spec, plain.revision, plain.device)
     requests = [ScoreRequest(frames=_frames(10), prompt="a"), ScoreRequest(frames=_frames(200), prompt="b")]
     batches_before = metrics.REGISTRY.get_sample_value("videoscore_batch_size_count") or 0.0
-    assert metered.score(requests).scores == plain.score(requests).scores
+    prepared = [preprocessor.prepare(request) for request in requests]
+    assert metered.score_prepared(prepared).scores == plain.score(requests).scores
     assert metrics.REGISTRY.get_sample_value("videoscore_batch_size_count") == batches_before + 1
     with pytest.raises(PromptTooLongError, match="accepts 500"):
-        metered.check_prompt("word " * 1000, 2)
+        preprocessor.check_prompt("word " * 1000, 2)
     metered.close()
     plain.close()

@@ -1,7 +1,8 @@
 """Per-family scoring recipes: the one place that knows how each VideoScore family is loaded and fed.
 
-A recipe says which model class a checkpoint loads into, which processor goes with it, how a batch of
-``ScoreRequest``s becomes model inputs, and how a video's frames are sampled. ``videoscore.worker.model.scorer`` and
+A recipe says which model class a checkpoint loads into, which processor goes with it, how a video's frames are
+sampled, how one video becomes a batch member in its task thread (``prepare_pixels``, ``input_ids``) and how a
+batch of them becomes model inputs on the device (``collate``). ``videoscore.worker.model.scorer`` and
 ``videoscore.worker.service.pipeline`` ask ``recipe_for(family)`` and otherwise do not branch on the family.
 
 * ``idefics2`` (VideoScore, -anno-only, -v1.1): the model card's recipe -- N frames by the card's
@@ -17,10 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from PIL import Image
-from transformers import AutoProcessor, BatchFeature, PreTrainedModel
+import numpy as np
+import torch
+from transformers import AutoProcessor, PreTrainedModel
 
 from videoscore.core.variants import Family
+from videoscore.worker.model.idefics2 import inputs as idefics2_inputs
+from videoscore.worker.model.idefics2.inputs import Idefics2Video
 from videoscore.worker.model.idefics2.modeling import VideoScoreForSequenceClassification
 from videoscore.worker.model.idefics2.modeling import default_attn_implementation as idefics2_default_attn
 from videoscore.worker.model.prompt import build_eval_prompt
@@ -29,7 +33,7 @@ from videoscore.worker.model.qwen2_vl.modeling import VideoScoreQwen2VLForSequen
 from videoscore.worker.video.frames import DEFAULT_MAX_DECODE_BYTES, MemoryBudget, SampledVideo, sample_video
 
 if TYPE_CHECKING:
-    from videoscore.worker.model.scorer import ScoreRequest
+    from videoscore.worker.model.preprocess import PreparedRequest
 
 
 class ScoringRecipe:
@@ -37,10 +41,8 @@ class ScoringRecipe:
 
     family: ClassVar[Family]
     model_class: ClassVar[type[PreTrainedModel]]
-    # Inputs holding pixels: moved to the device in the model's dtype.
-    pixel_keys: ClassVar[tuple[str, ...]]
     # Copies of each sampled frame's bytes a job holds at its peak, the frames themselves included (sampling,
-    # then ``encode``): what the memory budget multiplies frames by. Measured, see the subclasses.
+    # then ``prepare_pixels``): what the memory budget multiplies frames by. Measured, see the subclasses.
     frame_copies: ClassVar[float]
 
     def load_processor(self, source: str) -> Any:
@@ -56,9 +58,27 @@ class ScoringRecipe:
         """The tokens ``prompt`` takes with ``num_frames`` frames, or a lower bound where that needs the frames."""
         raise NotImplementedError
 
-    def encode(self, processor: Any, requests: Sequence[ScoreRequest]) -> BatchFeature:
-        """One batch of requests as model inputs, right-padded, with ``input_ids`` and ``attention_mask``."""
+    def prepare_pixels(self, processor: Any, frames: Sequence[np.ndarray], *,
+                       pin_memory: bool) -> tuple[Any, tuple[int, ...]]:
+        """One video's pixels as the family collates them, and the shape key of its padding (task thread)."""
         raise NotImplementedError
+
+    def input_ids(self, processor: Any, prompt: str, num_frames: int, pixels: Any) -> list[int]:
+        """The video's input ids, unpadded, as the processor tokenizes them (``pixels`` from ``prepare_pixels``)."""
+        raise NotImplementedError
+
+    def value_table(self, processor: Any) -> torch.Tensor | None:
+        """What each uint8 value becomes on the device (``collate``'s ``table``), or None where it is not used."""
+        return None
+
+    def collate(self, prepared: Sequence[PreparedRequest], *, pad_token_id: int, table: torch.Tensor | None,
+                device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """A batch of prepared videos as model inputs on ``device``, right-padded, pixels in ``dtype``."""
+        raise NotImplementedError
+
+    def padded_fraction(self, prepared: Sequence[PreparedRequest]) -> float:
+        """The share of the batch's pixel positions that are padding."""
+        return 0.0
 
     def sample(
         self,
@@ -82,8 +102,7 @@ class ScoringRecipe:
 class Idefics2Recipe(ScoringRecipe):
     family = "idefics2"
     model_class = VideoScoreForSequenceClassification
-    pixel_keys = ("pixel_values",)
-    # Measured (CPU, the checkpoints' processor, PIL backend): peak memory of sampling + encode grows by 4.0-5.0x
+    # Measured (CPU, the checkpoints' processor, PIL backend): peak memory of sampling + preprocessing grows by 4.0-5.0x
     # the frames' bytes per extra byte of frame (8 frames at 720p..4K: the frames, their PIL copies, the
     # processor's arrays before it resizes to 980 px); on top of that, a fixed ~22 MB a frame of processor
     # output, which does not depend on the video and is counted as the model's.
@@ -102,10 +121,26 @@ class Idefics2Recipe(ScoringRecipe):
     def prompt_ids(self, processor: Any, prompt: str, num_frames: int) -> list[int]:
         return list(processor(text=build_eval_prompt(prompt, num_frames))["input_ids"][0])
 
-    def encode(self, processor: Any, requests: Sequence[ScoreRequest]) -> BatchFeature:
-        texts = [build_eval_prompt(r.prompt, len(r.frames)) for r in requests]
-        images = [[Image.fromarray(frame) for frame in r.frames] for r in requests]
-        return processor(text=texts, images=images, padding="longest", return_tensors="pt")
+    def prepare_pixels(self, processor: Any, frames: Sequence[np.ndarray], *,
+                       pin_memory: bool) -> tuple[Idefics2Video, tuple[int, ...]]:
+        video = idefics2_inputs.prepare_video(processor.image_processor, frames, pin_memory=pin_memory)
+        return video, video.padded_shape
+
+    def input_ids(self, processor: Any, prompt: str, num_frames: int, pixels: Any) -> list[int]:
+        return self.prompt_ids(processor, prompt, num_frames)
+
+    def value_table(self, processor: Any) -> torch.Tensor:
+        return idefics2_inputs.value_table(processor.image_processor)
+
+    def collate(self, prepared: Sequence[PreparedRequest], *, pad_token_id: int, table: torch.Tensor | None,
+                device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        assert table is not None, "Idefics2 collates through the value table"
+        tensors = pad_input_ids([p.input_ids for p in prepared], pad_token_id, device)
+        tensors.update(idefics2_inputs.collate_videos([p.inputs for p in prepared], table, device=device, dtype=dtype))
+        return tensors
+
+    def padded_fraction(self, prepared: Sequence[PreparedRequest]) -> float:
+        return idefics2_inputs.padded_fraction([p.inputs for p in prepared])
 
     def sample(
         self,
@@ -123,9 +158,8 @@ class Idefics2Recipe(ScoringRecipe):
 class Qwen2VLRecipe(ScoringRecipe):
     family = "qwen2_vl"
     model_class = VideoScoreQwen2VLForSequenceClassification
-    pixel_keys = ("pixel_values_videos",)
     # Of the frames *kept* (resized to qwen-vl-utils' size while decoding where that is smaller, see
-    # qwen2_vl.recipe). Measured (CPU): sampling + encode peak at 2.2-3.0x the kept frames' bytes (64-768 frames,
+    # qwen2_vl.recipe). Measured (CPU): sampling + preprocessing peak at 2.2-3.0x the kept frames' bytes (64-768 frames,
     # 360p-1080p), with a processor that adds little; the checkpoint's own processor then scales each frame to
     # its 256-640 x 28 x 28 pixels in float32, a working set set by the frame count alone (about 7.6 MB a frame,
     # 5.9 GB at 768 frames) that is counted as the model's.
@@ -139,8 +173,20 @@ class Qwen2VLRecipe(ScoringRecipe):
         # Scorer.score checks the real length.
         return processor.text_ids(prompt)
 
-    def encode(self, processor: qwen2_vl_recipe.Qwen2VLInputs, requests: Sequence[ScoreRequest]) -> BatchFeature:
-        return processor.encode([r.prompt for r in requests], [r.frames for r in requests])
+    def prepare_pixels(self, processor: qwen2_vl_recipe.Qwen2VLInputs, frames: Sequence[np.ndarray], *,
+                       pin_memory: bool) -> tuple[qwen2_vl_recipe.VideoPatches, tuple[int, ...]]:
+        patches = processor.video_patches(frames, pin_memory=pin_memory)
+        return patches, patches.grid
+
+    def input_ids(self, processor: qwen2_vl_recipe.Qwen2VLInputs, prompt: str, num_frames: int,
+                  pixels: Any) -> list[int]:
+        return processor.video_ids(prompt, pixels.grid)
+
+    def collate(self, prepared: Sequence[PreparedRequest], *, pad_token_id: int, table: torch.Tensor | None,
+                device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        tensors = pad_input_ids([p.input_ids for p in prepared], pad_token_id, device)
+        tensors.update(qwen2_vl_recipe.collate_patches([p.inputs for p in prepared], device=device, dtype=dtype))
+        return tensors
 
     def sample(
         self,
@@ -153,6 +199,19 @@ class Qwen2VLRecipe(ScoringRecipe):
         return qwen2_vl_recipe.sample_video(
             path, nframes=num_frames, max_pixels=max_pixels, budget=self.budget(max_decode_bytes)
         )
+
+
+def pad_input_ids(rows: Sequence[Sequence[int]], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """``input_ids`` right-padded with ``pad_token_id`` and the ``attention_mask`` (1 on each row's own tokens), as a
+    tokenizer pads a batch with ``padding="longest"`` on the right."""
+    longest = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, : len(row)] = 1
+    return {"input_ids": input_ids.to(device, non_blocking=True),
+            "attention_mask": attention_mask.to(device, non_blocking=True)}
 
 
 def recipe_for(family: Family, *, num_frames: int = 48) -> ScoringRecipe:

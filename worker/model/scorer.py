@@ -1,14 +1,15 @@
-"""The scorer: load a VideoScore checkpoint once, then turn batches of frames + prompts into scores.
+"""The scorer: load a VideoScore checkpoint once, then turn batches of prepared videos into scores.
 
-This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score`` … → ``close``), and
+This module owns the model's lifecycle (``Scorer.load`` → ``warm_up`` → ``score_prepared`` … → ``close``), and
 ``ScorerProtocol``, what the engine asks of any scorer (this one, the fast stand-in of the test fleet, the
-runtime's metering wrapper). What differs
-between model families -- the model class, the processor, how frames and prompt become tensors -- is the
-family's recipe (``videoscore.worker.model.recipes``): for Idefics2 the model card's (frames become PIL images with
-``Image.fromarray``, the prompt is the card's regression query with one ``<image>`` per frame), for Qwen2-VL
-the VideoScore-Qwen2-VL example's (``videoscore.worker.model.qwen2_vl.recipe``). The logits are the five aspect scores,
-unrounded (rounding to 3 digits is for display only). A batch is one processor call and one forward pass; right
-padding plus mantis' pooling rule make a video's scores independent of the batch it travels in.
+runtime's metering wrapper). Videos reach it prepared (``videoscore.worker.model.preprocess``: token ids and
+resized pixels, built in the task threads); a batch is one collate on the device and one forward pass. What
+differs between model families -- the model class, the processor, how a video becomes tensors -- is the family's
+recipe (``videoscore.worker.model.recipes``): for Idefics2 the model card's (the checkpoint's processor, the
+card's regression query with one ``<image>`` per frame), for Qwen2-VL the VideoScore-Qwen2-VL example's
+(``videoscore.worker.model.qwen2_vl.recipe``). The logits are the five aspect scores, unrounded (rounding to 3
+digits is for display only); right padding plus mantis' pooling rule make a video's scores independent of the
+batch it travels in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import re
 import struct
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,22 +29,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from videoscore.core.errors import DeviceError, InvalidJobError, ModelLoadError, PromptTooLongError
+from videoscore.core.errors import DeviceError, InvalidJobError, ModelLoadError
 from videoscore.core.variants import ASPECTS, STAND_IN_MARKER, ModelSpec
-from videoscore.worker.model.recipes import ScoringRecipe, recipe_for
+from videoscore.worker.model.preprocess import PreparedRequest, Preprocessor, ScoreRequest
+from videoscore.worker.model.recipes import recipe_for
+
+__all__ = ["AspectScores", "BatchResult", "PreparedRequest", "ScoreRequest", "Scorer", "ScorerProtocol"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# Tokenizers without a real limit report a huge sentinel (int(1e30)); anything above this is "no limit".
-_SANE_MAX_LENGTH = 1_000_000
 _WARM_UP_PROMPT = "warm up"
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """One video to score: its sampled frames (H×W×3 uint8 RGB, in temporal order) and its text prompt."""
-
-    frames: list[np.ndarray]
-    prompt: str
 
 
 @dataclass(frozen=True)
@@ -76,15 +70,16 @@ class BatchResult:
     """Scores for a batch, in request order, with where the time went."""
 
     scores: list[AspectScores]
-    preprocess_s: float  # frames → PIL → processor → tensors on the device
+    preprocess_s: float  # the engine thread's part: collate, copy to the device, look up pixel values
     forward_s: float  # the forward pass, until the logits are on the host
+    padded_fraction: float = 0.0  # share of the batch's pixel positions that are padding
 
 
 @runtime_checkable
 class ScorerProtocol(Protocol):
-    """A loaded scorer, as the engine uses it: load (each kind its own way) → ``warm_up`` → ``check_prompt`` and
-    ``score`` … → ``close``. ``Scorer`` (the model) and ``videoscore.worker.testing.fast_scorer.FastScorer``
-    implement it."""
+    """A loaded scorer, as the engine uses it: load (each kind its own way) → ``warm_up`` → ``score_prepared`` …
+    → ``close``. Its requests were prepared in the task threads by the same kind's ``PreprocessorProtocol``.
+    ``Scorer`` (the model) and ``videoscore.worker.testing.fast_scorer.FastScorer`` implement it."""
 
     @property
     def spec(self) -> ModelSpec:
@@ -101,21 +96,12 @@ class ScorerProtocol(Protocol):
         """Where it runs (for logs)."""
         ...
 
-    @property
-    def max_tokens(self) -> int:
-        """The longest input, prompt plus frames, in tokens, that it accepts."""
-        ...
-
     def warm_up(self) -> None:
         """Pay the first batch's one-off costs now."""
         ...
 
-    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
-        """Raise a PermanentError if ``prompt`` with ``num_frames`` frames (default: the variant's) cannot be scored."""
-        ...
-
-    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
-        """Score a batch; scores come back in request order."""
+    def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
+        """Score a batch of prepared requests; scores come back in request order."""
         ...
 
     def close(self) -> None:
@@ -124,30 +110,32 @@ class ScorerProtocol(Protocol):
 
 
 class Scorer:
-    """A loaded VideoScore model and its processor, ready to score batches (a ``ScorerProtocol``). Build it with
-    ``Scorer.load``."""
+    """A loaded VideoScore model and its preprocessor, ready to score batches (a ``ScorerProtocol``). Build it
+    with ``Scorer.load``."""
 
     def __init__(
         self,
         spec: ModelSpec,
-        processor,
+        preprocessor: Preprocessor,
         model: PreTrainedModel,
         device: torch.device,
         dtype: torch.dtype,
         revision: str,
-        recipe: ScoringRecipe | None = None,
     ) -> None:
         self.spec = spec
         self.device = device
         self.dtype = dtype
         self.revision = revision
-        self._recipe = recipe or recipe_for(spec.variant.family, num_frames=spec.num_frames)
-        self._processor = processor
+        self.preprocessor = preprocessor
+        self._recipe = preprocessor.recipe
+        self._processor = preprocessor.processor
         self._model: PreTrainedModel | None = model
-        tokenizer = self._recipe.tokenizer(processor)
-        self._tokenizer = tokenizer
-        self._pad_token_id = _align_padding(tokenizer, model.config)
-        self.max_tokens = _max_tokens(tokenizer, model.config)
+        # Pooling reads the model's pad id; padding writes the preprocessor's: one id for both.
+        model.config.pad_token_id = preprocessor.pad_token_id
+        self._pad_token_id = preprocessor.pad_token_id
+        self.max_tokens = preprocessor.max_tokens
+        table = self._recipe.value_table(self._processor)
+        self._value_table = None if table is None else table.to(device)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -171,8 +159,8 @@ class Scorer:
         attn = attn_implementation or recipe.default_attn_implementation()
 
         with _device_errors():
+            preprocessor = Preprocessor.load(spec, pin_memory=torch_device.type == "cuda")
             try:
-                processor = recipe.load_processor(spec.source)
                 model = recipe.model_class.from_pretrained(spec.source, dtype=torch_dtype, attn_implementation=attn)
             except Exception as exc:  # noqa: BLE001 - any failure to load is the checkpoint's problem...
                 if _is_device_failure(exc):
@@ -180,7 +168,7 @@ class Scorer:
                 raise ModelLoadError(f"could not load {spec.label}: {exc}") from exc
             # transformers declares PreTrainedModel.to with functools.wraps, which mypy cannot bind to an instance
             model = model.to(torch_device).eval()  # type: ignore[arg-type]
-        return cls(spec, processor, model, torch_device, torch_dtype, checkpoint_revision(spec.source), recipe)
+        return cls(spec, preprocessor, model, torch_device, torch_dtype, checkpoint_revision(spec.source))
 
     def warm_up(self) -> None:
         """Run one tiny forward so the first real batch does not pay for kernel selection and allocation."""
@@ -203,41 +191,37 @@ class Scorer:
     # --- scoring --------------------------------------------------------------------------------------------
 
     def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
-        """Raise before any decoding if ``prompt`` cannot be scored with ``num_frames`` frames.
-
-        PromptTooLongError when prompt + image tokens exceed what the model accepts (``max_tokens``);
-        InvalidJobError when the prompt spells the pad token, which would move the scored position.
-        ``num_frames`` defaults to the variant's frame count.
-        """
-        frames = num_frames if num_frames is not None else self.spec.num_frames
-        input_ids = self._recipe.prompt_ids(self._processor, prompt, frames)
-        self._check_tokens(list(input_ids), frames)
+        """``Preprocessor.check_prompt``: raise a PermanentError before any decoding if ``prompt`` cannot be scored."""
+        self.preprocessor.check_prompt(prompt, num_frames)
 
     def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
-        """Score a batch with one processor call and one forward pass; scores come back in request order."""
-        model = self._require_model()
-        if not requests:
-            return BatchResult(scores=[], preprocess_s=0.0, forward_s=0.0)
-        for request in requests:
-            _validate(request)
+        """Prepare and score a batch on this thread (the engine prepares in the task threads instead); scores
+        come back in request order."""
+        self._require_model()
+        return self.score_prepared([self.preprocessor.prepare(request) for request in requests])
 
+    def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
+        """Collate, copy to the device and run one forward pass; scores come back in request order."""
+        model = self._require_model()
+        if not batch:
+            return BatchResult(scores=[], preprocess_s=0.0, forward_s=0.0)
+        if self._pad_token_id is None and len(batch) > 1:
+            raise InvalidJobError("this checkpoint has no pad token, so it scores one video at a time")
         started = time.perf_counter()
-        inputs = self._recipe.encode(self._processor, requests)
-        for row, mask, request in zip(inputs["input_ids"], inputs["attention_mask"], requests):
-            # Right padding: the first `length` tokens are the request's own.
-            self._check_tokens(row[: int(mask.sum())].tolist(), len(request.frames))
         with _device_errors():
-            tensors = self._to_device(inputs)
+            tensors = self._recipe.collate(batch, pad_token_id=self._pad_token_id or 0, table=self._value_table,
+                                           device=self.device, dtype=self.dtype)
             _synchronize(self.device)
-            preprocessed = time.perf_counter()
+            collated = time.perf_counter()
             with torch.inference_mode():
                 logits = model(**tensors).logits
             rows = logits.float().cpu().tolist()
         finished = time.perf_counter()
         return BatchResult(
             scores=[AspectScores.from_logits(row) for row in rows],
-            preprocess_s=preprocessed - started,
-            forward_s=finished - preprocessed,
+            preprocess_s=collated - started,
+            forward_s=finished - collated,
+            padded_fraction=self._recipe.padded_fraction(batch),
         )
 
     # --- internals ------------------------------------------------------------------------------------------
@@ -246,26 +230,6 @@ class Scorer:
         if self._model is None:
             raise RuntimeError("this Scorer is closed")
         return self._model
-
-    def _check_tokens(self, input_ids: list[int], num_frames: int) -> None:
-        if len(input_ids) > self.max_tokens:
-            raise PromptTooLongError(
-                f"prompt plus {num_frames} frame{'s' if num_frames != 1 else ''} needs {len(input_ids)} tokens;"
-                f" the model accepts {self.max_tokens}"
-            )
-        if self._pad_token_id is not None and self._pad_token_id in input_ids:
-            token = self._tokenizer.convert_ids_to_tokens(self._pad_token_id)
-            raise InvalidJobError(f"prompt contains the reserved token {token!r}")
-
-    def _to_device(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for key, value in inputs.items():
-            if key in self._recipe.pixel_keys:
-                # Cast on the way over: bf16 halves the copy, and the model casts to its dtype anyway.
-                tensors[key] = value.to(self.device, dtype=self.dtype, non_blocking=True)
-            else:
-                tensors[key] = value.to(self.device, non_blocking=True)
-        return tensors
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -325,41 +289,6 @@ def _safetensors_header(path: Path) -> bytes:
     with path.open("rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
         return f.read(length)
-
-
-def _align_padding(tokenizer, config) -> int | None:
-    """Make tokenizer padding and the model's pooling agree on one pad id, and pad on the right.
-
-    A checkpoint without a top-level pad id pools the last position, which equals mantis' first-pad rule on
-    unpadded rows; giving it the tokenizer's pad id keeps single-video scores unchanged and lets batches work.
-    """
-    pad_id = getattr(config, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.text_config.pad_token_id
-    if pad_id is None:
-        return None
-    config.pad_token_id = pad_id
-    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
-    tokenizer.padding_side = "right"
-    return pad_id
-
-
-def _max_tokens(tokenizer, config) -> int:
-    """The longest input the model accepts: its position table, or the tokenizer's limit if smaller and real."""
-    limit = int(config.text_config.max_position_embeddings)
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < _SANE_MAX_LENGTH:
-        limit = min(limit, tokenizer_limit)
-    return limit
-
-
-def _validate(request: ScoreRequest) -> None:
-    if not request.frames:
-        raise InvalidJobError("a video needs at least one frame")
-    for index, frame in enumerate(request.frames):
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-            raise InvalidJobError(f"frame {index} must be an H×W×3 uint8 RGB array, got {got}")
 
 
 def _is_device_failure(exc: BaseException) -> bool:

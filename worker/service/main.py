@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def warn_if_concurrency_starves_batches(concurrency: int, batch_size: int) -> bool:
+    """Log a warning when `concurrency` task threads cannot keep batches of `batch_size` coming: while a batch runs,
+    its jobs wait for their scores, so only the other threads prepare the next batch. True when it warned."""
+    if batch_size <= 1 or concurrency >= 2 * batch_size:
+        return False
+    log.warning("concurrency %d is below 2 x batch size %d: while one batch runs, at most %d videos can be prepared "
+                "for the next, so the device will wait or run batches of fewer than %d; set --concurrency %d or more",
+                concurrency, batch_size, max(0, concurrency - batch_size), batch_size, 2 * batch_size)
+    return True
+
+
 def run_worker(settings: Settings, *, concurrency: int | None = None, preload: bool = True,
                loglevel: str = "INFO", hostname: str | None = None, events: bool = False) -> None:
     """Run one worker in this process; `events` has Celery send task events (`-E`) for Flower and `celery events`."""
@@ -55,8 +66,9 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, preload: b
     runtime.engine.start(preload=resolve_model(settings.model) if preload else None)
     maintenance = Maintenance(runtime, app)
     maintenance.start()
-    # Enough download/decode threads to keep the engine's batches full.
+    # Enough download/decode/preprocess threads to keep the engine's batches full.
     threads = concurrency or max(2, 2 * settings.batch_size)
+    warn_if_concurrency_starves_batches(threads, settings.batch_size)
     queues = worker_queues(settings)
     log.info("worker %s reads %s; lease %.0fs, heartbeat every %.0fs, visibility timeout %ds",
              runtime.worker_id, ",".join(queues), settings.lease_s, settings.heartbeat_interval_s,

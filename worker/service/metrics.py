@@ -51,10 +51,10 @@ for _outcome in OUTCOMES:
 FAILURES = Counter(
     "videoscore_job_failures", "Jobs this worker failed for good, by error kind", ["kind"], registry=REGISTRY
 )
-STAGES = ("download", "decode", "preprocess", "forward", "persist")
+STAGES = ("download", "decode", "preprocess", "collate", "forward", "persist")
 STAGE_SECONDS = Histogram(
     "videoscore_stage_seconds",
-    "Seconds per pipeline stage (download, decode, persist per job; preprocess, forward per batch)",
+    "Seconds per pipeline stage (download, decode, preprocess, persist per job; collate, forward per batch)",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
     registry=REGISTRY,
@@ -64,6 +64,10 @@ for _stage in STAGES:
 BATCH_SIZE = Histogram(
     "videoscore_batch_size", "Videos per forward pass", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
     registry=REGISTRY,
+)
+BATCH_PADDING = Histogram(
+    "videoscore_batch_padding_ratio", "Share of a batch's pixel positions that are padding (computed for nothing)",
+    buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), registry=REGISTRY,
 )
 MODEL_LOAD_SECONDS = Gauge(
     "videoscore_model_load_seconds", "Seconds the current model took to load and warm up", registry=REGISTRY

@@ -1,4 +1,4 @@
-"""One job's path through the stages: fetch → sample frames → score (batched on the engine) → result.
+"""One job's path through the stages: fetch → sample frames → prepare → score (batched on the engine) → result.
 
 Each stage raises its own error kinds (core.errors); this module only strings them together and times them.
 Persisting the result is the task's business (worker.tasks), so this code never touches the database.
@@ -29,6 +29,14 @@ class StageLimits:
 
 def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: StageLimits,
                   find_scored: FindScored | None = None) -> ScoreResult:
+    """Score one job. The job is announced to the engine first, so a batch waiting to fill knows that this job's
+    request is still to come, and stops waiting once every job in flight has submitted or left."""
+    with engine.expecting_request():
+        return _score_job(job, store=store, engine=engine, limits=limits, find_scored=find_scored)
+
+
+def _score_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: StageLimits,
+               find_scored: FindScored | None) -> ScoreResult:
     spec = resolve_model(job.model)
     if find_scored is not None and not job.force:
         earlier = _scored_before(job, spec, store, find_scored, limits)
@@ -39,7 +47,9 @@ def score_one_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: 
     with store.fetch(job.video_uri) as fetched:
         sampled = recipe.sample(fetched.path, num_frames=limits.num_frames_override, max_pixels=limits.max_pixels,
                                 max_decode_bytes=limits.max_decode_bytes)
+    # Prepared in this thread (the processor's per-video work); the engine queues the compact result.
     future = engine.submit(spec, ScoreRequest(frames=sampled.frames, prompt=job.prompt))
+    sampled.frames.clear()  # the prepared copy is what waits for the batch
     outcome = future.result(timeout=limits.result_timeout_s)
     info = sampled.info
     return ScoreResult(

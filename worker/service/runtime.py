@@ -24,8 +24,9 @@ from videoscore.core.errors import ModelLoadError
 from videoscore.core.settings import Settings
 from videoscore.core.variants import STAND_IN_MARKER, ModelSpec
 from videoscore.db.session import Database
-from videoscore.worker.model.engine import Engine, ScorerLoader
-from videoscore.worker.model.scorer import BatchResult, Scorer, ScoreRequest, ScorerProtocol
+from videoscore.worker.model.engine import Engine, PreprocessorLoader, ScorerLoader
+from videoscore.worker.model.preprocess import PreparedRequest, Preprocessor, PreprocessorProtocol
+from videoscore.worker.model.scorer import BatchResult, Scorer, ScorerProtocol, resolve_device
 from videoscore.worker.service import metrics
 from videoscore.worker.service.pipeline import StageLimits
 from videoscore.worker.service.retry import RetryPolicy
@@ -106,35 +107,39 @@ class _MeteredScorer(ScorerProtocol):
     def device(self) -> torch.device | str:
         return self._inner.device
 
-    @property
-    def max_tokens(self) -> int:
-        return self._inner.max_tokens
-
     def warm_up(self) -> None:
         self._inner.warm_up()
 
-    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
-        self._inner.check_prompt(prompt, num_frames)
-
-    def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
-        result = self._inner.score(requests)
-        metrics.BATCH_SIZE.observe(len(requests))
-        metrics.STAGE_SECONDS.labels("preprocess").observe(result.preprocess_s)
+    def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
+        result = self._inner.score_prepared(batch)
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.BATCH_PADDING.observe(result.padded_fraction)
+        metrics.STAGE_SECONDS.labels("collate").observe(result.preprocess_s)
         metrics.STAGE_SECONDS.labels("forward").observe(result.forward_s)
+        for request in batch:
+            metrics.STAGE_SECONDS.labels("preprocess").observe(request.prepare_s)
         return result
 
     def close(self) -> None:
         self._inner.close()
 
 
+@dataclass(frozen=True)
+class ScorerKind:
+    """How to load a scorer other than the model's own, and the preprocessor its requests go through."""
+
+    load_scorer: ScorerLoader
+    load_preprocessor: PreprocessorLoader
+
+
 # Scorers other than the model's own, by the "scorer" a checkpoint folder's videoscore.json names. Empty in a
 # production worker: the fast stand-in (and its fault injection) registers itself only in the test fleet's
 # entry point, videoscore.worker.testing.fleet_worker. A job naming such a folder elsewhere fails to load.
-ALTERNATIVE_SCORERS: dict[str, ScorerLoader] = {}
+ALTERNATIVE_SCORERS: dict[str, ScorerKind] = {}
 
 
-def register_scorer(name: str, load: ScorerLoader) -> None:
-    ALTERNATIVE_SCORERS[name] = load
+def register_scorer(name: str, load: ScorerLoader, load_preprocessor: PreprocessorLoader) -> None:
+    ALTERNATIVE_SCORERS[name] = ScorerKind(load, load_preprocessor)
 
 
 def scorer_named_by(spec: ModelSpec) -> str | None:
@@ -148,24 +153,37 @@ def scorer_named_by(spec: ModelSpec) -> str | None:
     return str(name) if name else None
 
 
+def _alternative(spec: ModelSpec, name: str) -> ScorerKind:
+    if name not in ALTERNATIVE_SCORERS:
+        raise ModelLoadError(f"{spec.name} asks for the {name!r} scorer, which this worker does not provide "
+                             "(it is test scaffolding, served only by the test fleet's workers)")
+    return ALTERNATIVE_SCORERS[name]
+
+
 def load_scorer(spec: ModelSpec, settings: Settings) -> ScorerProtocol:
     """The model's scorer (or a registered alternative that a stand-in folder names), metered."""
     name = scorer_named_by(spec)
     if name is None:
         return _MeteredScorer(Scorer.load(spec, device=settings.device, dtype=settings.dtype))
-    if name not in ALTERNATIVE_SCORERS:
-        raise ModelLoadError(f"{spec.name} asks for the {name!r} scorer, which this worker does not provide "
-                             "(it is test scaffolding, served only by the test fleet's workers)")
-    return _MeteredScorer(ALTERNATIVE_SCORERS[name](spec))
+    return _MeteredScorer(_alternative(spec, name).load_scorer(spec))
+
+
+def load_preprocessor(spec: ModelSpec, settings: Settings) -> PreprocessorProtocol:
+    """The preprocessor of the scorer ``load_scorer`` gives for ``spec``: runs in the task threads."""
+    name = scorer_named_by(spec)
+    if name is None:
+        return Preprocessor.load(spec, pin_memory=resolve_device(settings.device).type == "cuda")
+    return _alternative(spec, name).load_preprocessor(spec)
 
 
 _runtime: Runtime | None = None
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    engine = Engine(lambda spec: load_scorer(spec, settings), batch_size=settings.batch_size,
-                    batch_wait_ms=settings.batch_wait_ms, switch_after_s=settings.model_switch_after_s,
-                    load_retry_after_s=settings.model_load_retry_after_s)
+    engine = Engine(lambda spec: load_scorer(spec, settings), lambda spec: load_preprocessor(spec, settings),
+                    batch_size=settings.batch_size, batch_wait_ms=settings.batch_wait_ms,
+                    switch_after_s=settings.model_switch_after_s,
+                    load_retry_after_s=settings.model_load_retry_after_s, jobs_announce=True)
     runtime = Runtime(
         settings=settings,
         db=Database(settings.database_url),

@@ -35,7 +35,8 @@ import numpy as np
 
 from videoscore.core.errors import PromptTooLongError
 from videoscore.core.variants import ASPECTS, STAND_IN_MARKER, ModelSpec
-from videoscore.worker.model.scorer import AspectScores, BatchResult, ScoreRequest
+from videoscore.worker.model.preprocess import PreparedRequest, ScoreRequest, validate
+from videoscore.worker.model.scorer import AspectScores, BatchResult
 
 FAST_SCORER = "fast"  # the value of "scorer" in videoscore.json
 FAIL_MARKER = "#stand-in:fail"
@@ -82,14 +83,46 @@ def is_fast_stand_in(source: str) -> bool:
         return False
 
 
+class FastPreprocessor:
+    """The fast stand-in's `PreprocessorProtocol` (worker.model.preprocess): a prepared request keeps the mean of a
+    coarse grid of its pixels, which is all `FastScorer` reads."""
+
+    def __init__(self, spec: ModelSpec, *, max_tokens: int) -> None:
+        if not spec.stand_in:
+            raise ValueError("the fast scorer only serves stand-in model folders")
+        self.spec = spec
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> "FastPreprocessor":
+        meta = json.loads((Path(spec.source) / STAND_IN_MARKER).read_text())
+        return cls(spec, max_tokens=int(meta.get("max_tokens") or DEFAULT_MAX_TOKENS))
+
+    def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
+        frames = num_frames if num_frames is not None else self.spec.num_frames
+        tokens = math.ceil(len(prompt.encode("utf-8", "surrogatepass")) / 4) + TOKENS_PER_FRAME * frames + 32
+        if tokens > self.max_tokens:
+            raise PromptTooLongError(
+                f"prompt and {frames} frames need about {tokens} tokens; the model accepts {self.max_tokens}"
+            )
+
+    def prepare(self, request: ScoreRequest) -> PreparedRequest:
+        started = time.perf_counter()
+        validate(request)
+        self.check_prompt(request.prompt, len(request.frames))
+        pixels = float(np.mean([frame[::8, ::8].mean() for frame in request.frames]))
+        height, width = request.frames[0].shape[:2]  # what the model's preprocessors key batches by, in small
+        return PreparedRequest(prompt=request.prompt, num_frames=len(request.frames), input_ids=[], inputs=pixels,
+                               shape_key=(len(request.frames), height, width), prepare_s=time.perf_counter() - started)
+
+
 class FastScorer:
     """A `ScorerProtocol` (worker.model.scorer), as the model's `Scorer` is; scores are a hash of pixels and prompt."""
 
     device = "cpu"
 
     def __init__(self, spec: ModelSpec, *, max_tokens: int, call_log_dir: Path | None) -> None:
-        if not spec.stand_in:
-            raise ValueError("the fast scorer only serves stand-in model folders")
+        self.preprocessor = FastPreprocessor(spec, max_tokens=max_tokens)
         self.spec = spec
         self.max_tokens = max_tokens
         self.revision = "fast-stand-in"
@@ -116,16 +149,15 @@ class FastScorer:
             self._log_fd = None
 
     def check_prompt(self, prompt: str, num_frames: int | None = None) -> None:
-        frames = num_frames if num_frames is not None else self.spec.num_frames
-        tokens = math.ceil(len(prompt.encode("utf-8", "surrogatepass")) / 4) + TOKENS_PER_FRAME * frames + 32
-        if tokens > self.max_tokens:
-            raise PromptTooLongError(
-                f"prompt and {frames} frames need about {tokens} tokens; the model accepts {self.max_tokens}"
-            )
+        self.preprocessor.check_prompt(prompt, num_frames)
 
     def score(self, requests: Sequence[ScoreRequest]) -> BatchResult:
+        """Prepare and score on this thread (the engine prepares in the task threads)."""
+        return self.score_prepared([self.preprocessor.prepare(request) for request in requests])
+
+    def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
         started = time.perf_counter()
-        for request in requests:
+        for request in batch:
             if FAIL_MARKER in request.prompt:
                 raise RuntimeError("the fast stand-in was asked to fail (#stand-in:fail)")
             if CRASH_MARKER in request.prompt:
@@ -133,13 +165,13 @@ class FastScorer:
             delay = SLEEP_MARKER.search(request.prompt)
             if delay:
                 time.sleep(float(delay.group(1)))
-        scores = [self._score_one(r) for r in requests]
-        for request in requests:
+        scores = [self._score_one(r) for r in batch]
+        for request in batch:
             self._log_call(request.prompt)
         return BatchResult(scores=scores, preprocess_s=0.0, forward_s=time.perf_counter() - started)
 
-    def _score_one(self, request: ScoreRequest) -> AspectScores:
-        pixels = float(np.mean([frame[::8, ::8].mean() for frame in request.frames])) if request.frames else 0.0
+    def _score_one(self, request: PreparedRequest) -> AspectScores:
+        pixels = float(request.inputs)
         seed = zlib.crc32(request.prompt.encode("utf-8", "surrogatepass")) ^ int(pixels * 1000)
         # five numbers in [1, 4], the range of VideoScore's aspects
         return AspectScores.from_logits([1.0 + 3.0 * (((seed >> (5 * i)) & 0xFFFF) / 0xFFFF)

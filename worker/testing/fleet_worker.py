@@ -18,7 +18,7 @@ import sys
 
 from videoscore.core.settings import Settings
 from videoscore.worker.service.runtime import register_scorer
-from videoscore.worker.testing.fast_scorer import FAST_SCORER, FastScorer
+from videoscore.worker.testing.fast_scorer import FAST_SCORER, FastPreprocessor, FastScorer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    register_scorer(FAST_SCORER, FastScorer.load)
+    register_scorer(FAST_SCORER, FastScorer.load, FastPreprocessor.load)
     if args.queues:
         os.environ["VIDEOSCORE_WORKER_QUEUES"] = json.dumps([q.strip() for q in args.queues.split(",") if q.strip()])
     from videoscore.worker.service.main import parse_gpus, run_gpu_workers, run_worker

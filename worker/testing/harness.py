@@ -34,11 +34,17 @@ from videoscore.db.migrate import upgrade
 from videoscore.db.records import JobRecord
 from videoscore.db.session import Database
 from videoscore.worker.model.engine import Engine
+from videoscore.worker.model.preprocess import PreprocessorProtocol
 from videoscore.worker.model.scorer import ScorerProtocol
 from videoscore.worker.service.decision import Decision, Retry
 from videoscore.worker.service.runtime import Runtime
 from videoscore.worker.service.tasks import run_score_job
-from videoscore.worker.testing.fast_scorer import FastScorer, build_fast_stand_in, is_fast_stand_in
+from videoscore.worker.testing.fast_scorer import (
+    FastPreprocessor,
+    FastScorer,
+    build_fast_stand_in,
+    is_fast_stand_in,
+)
 from videoscore.worker.video.storage import VideoStore
 
 QUEUE = "harness"
@@ -78,6 +84,13 @@ def load_fast_stand_in(spec: ModelSpec) -> ScorerProtocol:
     return FastScorer.load(spec)
 
 
+def load_fast_preprocessor(spec: ModelSpec) -> PreprocessorProtocol:
+    """The engine's preprocessor loader, for the same folders."""
+    if not is_fast_stand_in(spec.source):
+        raise ModelLoadError(f"{spec.name} is not a fast stand-in folder; the harness scores with no other model")
+    return FastPreprocessor.load(spec)
+
+
 class WorkerHarness:
     """One worker's runtime, in process. Settings are `DEFAULTS` plus the keyword arguments given."""
 
@@ -93,9 +106,9 @@ class WorkerHarness:
         self.settings = Settings(**{**DEFAULTS, "database_url": f"sqlite:///{self.database_path}",
                                     "model": self.model, "work_dir": str(self.root / "scratch"), **s3, **settings})
         upgrade(self.settings.database_url)
-        engine = Engine(load_fast_stand_in, batch_size=self.settings.batch_size,
+        engine = Engine(load_fast_stand_in, load_fast_preprocessor, batch_size=self.settings.batch_size,
                         batch_wait_ms=self.settings.batch_wait_ms, switch_after_s=self.settings.model_switch_after_s,
-                        load_retry_after_s=self.settings.model_load_retry_after_s)
+                        load_retry_after_s=self.settings.model_load_retry_after_s, jobs_announce=True)
         self.runtime = Runtime(settings=self.settings, db=Database(self.settings.database_url),
                                store=VideoStore(self.settings), engine=engine, worker_id=f"harness/{os.getpid()}")
         self.decisions: list[tuple[str, Decision]] = []  # (job id as sent, decision), in the order they ended

@@ -443,27 +443,44 @@ class Qwen2VLInputs:
         """The prompt's tokens with the video left out (one pad token): a lower bound on what scoring needs."""
         return list(self.tokenizer(self.chat_text(prompt))["input_ids"])
 
+    def video_patches(self, frames: Sequence[np.ndarray], *, pin_memory: bool = False) -> VideoPatches:
+        """Steps 3-4's pixels for one video: its patches and grid (per video, so in the task's thread)."""
+        patches, grid = preprocess_video(resize_video(frames), self.vision)
+        tensor = torch.from_numpy(patches)
+        return VideoPatches(patches=tensor.pin_memory() if pin_memory else tensor, grid=grid)
+
+    def video_ids(self, prompt: str, grid: tuple[int, int, int]) -> list[int]:
+        """Step 2's text with the video's ``<|video_pad|>`` expanded to its ``t * h * w / merge²`` tokens, tokenized."""
+        text = self.chat_text(prompt)
+        if text.count(VIDEO_PAD) != 1:
+            raise InvalidJobError("the chat template must place exactly one video in the prompt")
+        text = text.replace(VIDEO_PAD, VIDEO_PAD * (math.prod(grid) // self.vision.merge_size**2))
+        return list(self.tokenizer(text)["input_ids"])
+
     def encode(self, prompts: Sequence[str], videos: Sequence[Sequence[np.ndarray]]) -> BatchFeature:
-        """Steps 2-4 for a batch: input ids (right-padded), attention mask, video patches and grids."""
-        merge = self.vision.merge_size**2
-        texts, patches, grids = [], [], []
-        for prompt, frames in zip(prompts, videos, strict=True):
-            video_patches, grid = preprocess_video(resize_video(frames), self.vision)
-            text = self.chat_text(prompt)
-            if text.count(VIDEO_PAD) != 1:
-                raise InvalidJobError("the chat template must place exactly one video in the prompt")
-            texts.append(text.replace(VIDEO_PAD, VIDEO_PAD * (math.prod(grid) // merge)))
-            patches.append(video_patches)
-            grids.append(grid)
-        encoded = self.tokenizer(texts, padding="longest", return_tensors="pt")
-        return BatchFeature(
-            {
-                "input_ids": encoded["input_ids"],
-                "attention_mask": encoded["attention_mask"],
-                "pixel_values_videos": torch.from_numpy(np.concatenate(patches)),
-                "video_grid_thw": torch.tensor(grids, dtype=torch.long),
-            }
-        )
+        """Steps 2-4 for a batch on the CPU: input ids (right-padded), attention mask, video patches and grids."""
+        patches = [self.video_patches(frames) for frames in videos]
+        ids = [self.video_ids(prompt, video.grid) for prompt, video in zip(prompts, patches, strict=True)]
+        encoded = self.tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
+        return BatchFeature({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                             **collate_patches(patches, device=torch.device("cpu"), dtype=torch.float32)})
+
+
+@dataclass(frozen=True)
+class VideoPatches:
+    """One video's processor output: float32 patch rows and its (t, h, w) grid."""
+
+    patches: torch.Tensor
+    grid: tuple[int, int, int]
+
+
+def collate_patches(videos: Sequence[VideoPatches], *, device: torch.device,
+                    dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A batch's ``pixel_values_videos`` (every video's patch rows, in order, in ``dtype``) and ``video_grid_thw``.
+    The vision tower takes the rows unpadded: nothing of a batch's pixels is padding."""
+    pixel_values = torch.cat([video.patches.to(device, non_blocking=True) for video in videos]).to(dtype)
+    grids = torch.tensor([video.grid for video in videos], dtype=torch.long).to(device, non_blocking=True)
+    return {"pixel_values_videos": pixel_values, "video_grid_thw": grids}
 
 
 def _checkpoint_file(source: str, name: str) -> Path:
