@@ -76,6 +76,8 @@ A dropped picture produces no frame, so the consecutive-output check allows a ga
 whose packets went to the decoder under "NONREF" in the current run; any other gap, or a frame out of order,
 falls back as before. When a run that skipped hits a decode error or ends early, it is decoded again from
 its keyframe without skipping, so errors (and their messages) are those of the reader without skipping.
+On x264 clips with B-frames (bench/frames.py, 720p, superfast, keyframes every 12 or 250 frames, 16 or 48
+sampled) this decodes 25-42% fewer frames than the reader without skipping and takes 16-30% less CPU.
 
 Every container is opened through a context manager and closed on every path, errors included: live
 decoder threads were measured to slow the next model forward from 0.05 s to 1-2 s. Closing is not enough
