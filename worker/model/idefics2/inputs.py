@@ -48,10 +48,13 @@ def prepare_video(image_processor: Any, frames: Sequence[np.ndarray], *, pin_mem
     sizes = tuple((image.shape[0], image.shape[1]) for image in resized)
     height = max(h for h, _ in sizes)
     width = max(w for _, w in sizes)
-    pixels = torch.zeros((len(resized), height, width, 3), dtype=torch.uint8, pin_memory=pin_memory)
+    pixels = torch.empty((len(resized), height, width, 3), dtype=torch.uint8, pin_memory=pin_memory)
     target = pixels.numpy()
     for index, image in enumerate(resized):
-        target[index, : image.shape[0], : image.shape[1]] = image
+        h, w = image.shape[:2]
+        target[index, :h, :w] = image
+        target[index, h:, :] = 0  # only images smaller than the video's largest (splitting) have a margin
+        target[index, :h, w:] = 0
     return Idefics2Video(pixels=pixels, sizes=sizes)
 
 
