@@ -1,6 +1,21 @@
 """The database gate: every statement a task runs passes through it, and it waits in place while the database is
 unreachable, so a short outage costs neither a re-score nor an attempt (worker.service.tasks says what a task
 does once the wait runs out).
+
+A unit of work that fails because its pooled connection was dead is run again at once on a fresh connection
+(`Database.run`, db.session: no `SELECT 1` before every transaction any more). Running a task's unit twice is
+safe, because each is a read or a write conditional on the state the first run would change:
+
+* claim (`claim_job(reclaim_own=True)`): if the first run committed without our hearing it, the row is
+  `running` under this worker and the second run re-claims it: one more attempt is counted and its number is
+  the fencing token from then on. Nobody else scores the job meanwhile: this process holds it
+  (`Runtime.try_hold`), and another worker cannot claim a running job whose heartbeat is fresh.
+* complete, fail, release (`complete_job`, `fail_job`, `release_for_retry`): each writes only while the row is
+  `running` under this worker's claim (same host, same attempt). After a lost COMMIT the second run matches no
+  row and answers False; the task then reads the row and, finding the end it tried to write, counts it as
+  written (worker.service.tasks `_ended_by_us`), so the job is neither scored twice nor reported superseded.
+* the batch-webhook check in the same transaction as complete/fail, the dedupe look-up and the re-read: reads.
+* `fail_unclaimable`: conditional on the job being unfinished; its answer is not used.
 """
 
 from __future__ import annotations
@@ -49,8 +64,7 @@ class DatabaseGate:
         warned = False
         while True:
             try:
-                with self.db.transaction() as session:
-                    return work(session)
+                return self.db.run(work)  # once more on a fresh connection if the pooled one was dead
             except DB_DOWN as exc:
                 if self._reachable():
                     failures_while_reachable += 1

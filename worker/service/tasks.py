@@ -41,7 +41,7 @@ from videoscore.core.errors import (
     PermanentError,
     RetryableError,
 )
-from videoscore.core.names import TASK_SCORE_JOB, is_job_id
+from videoscore.core.names import TASK_SCORE_JOB, JobStatus, is_job_id
 from videoscore.core.webhooks import fire_if_batch_complete
 from videoscore.db import jobs as job_queries
 from videoscore.db.records import JobRecord, ScoreResult
@@ -218,7 +218,7 @@ def _save(runtime: Runtime, gate: DatabaseGate, job: JobRecord, result: ScoreRes
     metrics.STAGE_SECONDS.labels("persist").observe(time.perf_counter() - started)
     metrics.STAGE_SECONDS.labels("download").observe(result.download_s)
     metrics.STAGE_SECONDS.labels("decode").observe(result.decode_s)
-    if not written and _saved_by_us(gate, runtime, job):
+    if not written and _ended_by_us(gate, runtime, job, JobStatus.SUCCEEDED):
         written = True  # the first try committed but its answer was lost with the connection; the retry saw it
     if written:
         log.info("job %s succeeded (attempt %d)", job.id, job.attempts)
@@ -230,12 +230,16 @@ def _save(runtime: Runtime, gate: DatabaseGate, job: JobRecord, result: ScoreRes
     return Superseded()
 
 
-def _saved_by_us(gate: DatabaseGate, runtime: Runtime, job: JobRecord) -> bool:
+def _ended_by_us(gate: DatabaseGate, runtime: Runtime, job: JobRecord, status: JobStatus) -> bool:
+    """After a conditional write under our claim answered False: is the row as that write would have left it?
+
+    It is when a first run of the write committed but its answer was lost with the connection and the
+    gate ran it again (worker.service.gate), which then matched nothing."""
     try:
         row = gate.run(lambda s: job_queries.get_job(s, job.id), what=f"reading {job.id}")
     except (SQLAlchemyError, DatabaseUnavailableError):
         return False
-    return (row is not None and row.status == "succeeded" and row.worker_host == runtime.worker_id
+    return (row is not None and row.status == status.value and row.worker_host == runtime.worker_id
             and row.attempts == job.attempts)
 
 
@@ -250,6 +254,8 @@ def _record_failure(runtime: Runtime, gate: DatabaseGate, job: JobRecord, failed
     except DatabaseUnavailableError as exc:
         return Retry(runtime.retry_policy.delay_s(job.attempts), exc.message, kind=exc.kind,
                      stop_worker=failed.stop_worker)
+    if not written and _ended_by_us(gate, runtime, job, JobStatus.FAILED):
+        written = True  # as in _save: a first try committed unheard
     if written:
         metrics.JOBS.labels("failed").inc()
         metrics.FAILURES.labels(failed.kind).inc()
@@ -270,6 +276,8 @@ def _release(runtime: Runtime, gate: DatabaseGate, job: JobRecord, retry: Retry)
         )
     except DatabaseUnavailableError:
         released = True  # still 'running' under our claim: the re-sent message may re-claim it (see module doc)
+    if not released and _ended_by_us(gate, runtime, job, JobStatus.QUEUED):
+        released = True  # as in _save: a first try committed unheard
     if not released:
         log.warning("job %s was taken over by another worker; not re-sending it", job.id)
         metrics.JOBS.labels("superseded").inc()
