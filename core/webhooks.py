@@ -1,7 +1,9 @@
 """Batch completion webhooks: where they may go, how they are signed, and their one delivery per batch.
 
 Who fires: whoever moves a batch's last unfinished job to a final state (the worker that finishes it, or
-the API/SDK call that cancels it) calls `fire_if_batch_complete` after committing that change. A
+the API/SDK call that cancels it) calls `fire_if_batch_complete` after committing that change, and so does
+the call that registers a webhook. A worker asks first, in the transaction that ends the job, whether the
+batch has a webhook due (db.queries.batch_webhook_due), so a batch without one costs its jobs nothing more. A
 conditional UPDATE in db.queries.claim_batch_webhook lets exactly one caller win; the winner delivers in a
 background thread and records the outcome on the batch (its owner reads it in GET /batches/{id}).
 
@@ -42,8 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from sqlalchemy.orm import Session
+
 from videoscore.core.settings import Settings
 from videoscore.db import queries
+from videoscore.db.models import utcnow
 from videoscore.db.session import Database
 
 log = logging.getLogger(__name__)
@@ -412,18 +417,25 @@ def batch_payload(summary: queries.BatchSummary) -> dict[str, Any]:
     }
 
 
-def fire_if_batch_complete(db: Database, settings: Settings, batch: str | None, *,
-                           background: bool = True) -> threading.Thread | None:
+def fire_if_batch_complete(db: Database, settings: Settings, batch: str | None, *, background: bool = True,
+                           after_job_end: bool = False) -> threading.Thread | None:
     """Claim and send the batch's webhook if this call saw the batch complete; never raises.
 
+    `after_job_end`: the caller is a worker whose job end saw the webhook due in its own transaction
+    (db.queries.batch_webhook_due), so the claim need not wait for other ends in flight (each checks for
+    itself). Every other caller (a registration, a cancel) waits for them (db.queries.claim_batch_webhook).
     Returns the delivery thread (when one was started in the background), mostly for tests to join.
     """
     if not batch:
         return None
+    at = utcnow()  # the same stamp if the claim runs again: a first run that won, unheard, still counts
+
+    def claim(session: Session) -> tuple[str | None, queries.BatchSummary | None]:
+        url = queries.claim_batch_webhook(session, batch, at=at, wait_for_ends=not after_job_end)
+        return url, (queries.batch_summary(session, batch) if url else None)
+
     try:
-        with db.transaction() as session:
-            url = queries.claim_batch_webhook(session, batch)
-            summary = queries.batch_summary(session, batch) if url else None
+        url, summary = db.run(claim)
     except Exception:  # noqa: BLE001 - a webhook must never fail the job that completed the batch
         log.exception("could not check batch %s for completion", batch)
         return None
@@ -437,9 +449,9 @@ def fire_if_batch_complete(db: Database, settings: Settings, batch: str | None, 
                           timeout_s=settings.webhook_timeout_s, policy=WebhookPolicy.of(settings))
         if outcome.error:
             log.warning("batch %s webhook failed after %d attempts: %s", batch, outcome.attempts, outcome.error)
-        try:
-            with db.transaction() as session:
-                queries.record_webhook_delivery(session, batch, attempts=outcome.attempts, error=outcome.error)
+        try:  # the same values if it runs twice
+            db.run(lambda session: queries.record_webhook_delivery(session, batch, attempts=outcome.attempts,
+                                                                   error=outcome.error))
         except Exception:  # noqa: BLE001
             log.exception("could not record the webhook delivery of batch %s", batch)
 

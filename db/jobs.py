@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import JSON, ColumnElement, Table, bindparam, false, func, insert, or_, select, update
+from sqlalchemy import JSON, ColumnElement, Table, bindparam, false, func, insert, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -427,6 +427,19 @@ def _held_by(job_id: str, worker_host: str, attempt: int):  # type: ignore[no-un
     )
 
 
+BATCH_LOCK_CLASS = 0x56534257
+"""PostgreSQL advisory-lock class (first key) of a batch's webhook lock; the second key is hashtext(batch name).
+
+A job's end holds it shared until its transaction commits (`_finish`); registering a webhook and then claiming
+it takes it exclusively (db.queries.claim_batch_webhook), so that claim waits for the ends in flight."""
+
+
+def batch_lock(batch: ColumnElement[Any], *, shared: bool) -> ColumnElement[Any]:
+    """The transaction-level advisory lock of a batch's webhook, as an SQL expression (PostgreSQL only)."""
+    lock = func.pg_advisory_xact_lock_shared if shared else func.pg_advisory_xact_lock
+    return lock(literal_column(str(BATCH_LOCK_CLASS)), func.hashtext(batch))
+
+
 def _finish(
     session: Session, job_id: str, worker_host: str, attempt: int, *, status: JobStatus, **values: object
 ) -> bool:
@@ -441,5 +454,12 @@ def _finish(
     )
     params = {"status": status.value, "finished_at": utcnow(), **values,
               "held_id": job_id, "held_by": worker_host, "held_attempt": attempt}
-    result = session.connection().execute(statement, params)
-    return result.rowcount == 1
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return connection.execute(statement, params).rowcount == 1
+    # PostgreSQL: the row's end also takes its batch's webhook lock, shared, until this transaction commits
+    # (NULL batch: no lock). A webhook check later in this transaction (db.queries.batch_webhook_due) then either
+    # sees a webhook registered before it, or the registration's claim waits for this commit and sees the job
+    # finished: the batch's last end and a webhook registered at that moment cannot miss each other.
+    returned = connection.execute(statement.returning(batch_lock(jobs.c.batch, shared=True)), params)
+    return len(returned.all()) == 1

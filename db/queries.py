@@ -15,7 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, cast
 
-from sqlalchemy import Boolean, ColumnElement, Select, Table, and_, exists, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -24,7 +37,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from videoscore.core.names import JobStatus
 from videoscore.core.variants import ASPECTS
-from videoscore.db.jobs import JOBS_PER_CHUNK
+from videoscore.db.jobs import JOBS_PER_CHUNK, batch_lock
 from videoscore.db.models import Batch, Job, utcnow
 from videoscore.db.records import JobRecord, ScoreResult
 
@@ -376,24 +389,46 @@ def set_batch_webhook(session: Session, batch: str, url: str) -> None:
     session.flush()
 
 
-def claim_batch_webhook(session: Session, batch: str) -> str | None:
+def batch_webhook_due(session: Session, batch: str) -> bool:
+    """Whether `batch` has a webhook that has not fired yet: one primary-key look-up.
+
+    A worker asks this in the transaction that ends a job of the batch, after the job's UPDATE (db.jobs._finish),
+    and claims the webhook after that commit only if the answer is yes, so a batch without a webhook costs its
+    jobs no transaction of their own. Nothing is missed: a webhook registered too late for this look-up to see
+    is claimed by its registration (`claim_batch_webhook`, which waits for this transaction on PostgreSQL; on
+    SQLite the registration's write cannot commit while this transaction holds the write lock).
+    """
+    return bool(session.scalar(select(exists().where(
+        Batch.name == batch, Batch.webhook_url.is_not(None), Batch.webhook_sent_at.is_(None)))))
+
+
+def claim_batch_webhook(session: Session, batch: str, *, at: datetime | None = None,
+                        wait_for_ends: bool = True) -> str | None:
     """If `batch` has a webhook, has not fired it, and no job of it is queued or running: claim it.
 
     One conditional UPDATE (… WHERE webhook_sent_at IS NULL AND NOT EXISTS unfinished jobs), so of the
     workers that finish a batch's last jobs at the same moment exactly one gets the URL back; the others
     get None. Call it after the caller's own job outcome is committed.
+
+    `at` stamps the claim; a caller that runs the claim again after losing the answer to its COMMIT (a dead
+    connection, db.session.Database.run) passes the same `at` and gets the URL back if its first run won.
+    `wait_for_ends` (PostgreSQL): first wait, on the batch's advisory lock, for the transactions that are ending
+    a job of the batch right now (db.jobs._finish holds it shared until commit), so that their jobs count as
+    finished here. Needed after registering a webhook (those jobs' own look-ups may have missed it); a worker
+    whose job end saw the webhook due (`batch_webhook_due`) claims without waiting.
     """
+    at = at or utcnow()
+    if wait_for_ends and session.get_bind().dialect.name == "postgresql":
+        session.execute(select(batch_lock(literal(batch), shared=False)))
     unfinished = exists().where(Job.batch == batch, Job.status.in_(UNFINISHED))
-    result = session.execute(
+    claimable = and_(Batch.webhook_sent_at.is_(None), ~unfinished, exists().where(Job.batch == batch))
+    return session.execute(
         update(Batch)
-        .where(Batch.name == batch, Batch.webhook_url.is_not(None), Batch.webhook_sent_at.is_(None), ~unfinished,
-               exists().where(Job.batch == batch))
-        .values(webhook_sent_at=utcnow())
+        .where(Batch.name == batch, Batch.webhook_url.is_not(None), or_(claimable, Batch.webhook_sent_at == at))
+        .values(webhook_sent_at=at)
+        .returning(Batch.webhook_url)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return session.scalar(select(Batch.webhook_url).where(Batch.name == batch))
+    ).scalar_one_or_none()
 
 
 def record_webhook_delivery(session: Session, batch: str, *, attempts: int, error: str | None) -> None:

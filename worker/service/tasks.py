@@ -31,6 +31,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from videoscore.core.errors import (
     AttemptsExhaustedError,
@@ -44,6 +45,7 @@ from videoscore.core.errors import (
 from videoscore.core.names import TASK_SCORE_JOB, JobStatus, is_job_id
 from videoscore.core.webhooks import fire_if_batch_complete
 from videoscore.db import jobs as job_queries
+from videoscore.db import queries
 from videoscore.db.records import JobRecord, ScoreResult
 from videoscore.worker.service import metrics
 from videoscore.worker.service.decision import (
@@ -207,9 +209,9 @@ def _score_within_time_limit(runtime: Runtime, job: JobRecord) -> ScoreResult:
 def _save(runtime: Runtime, gate: DatabaseGate, job: JobRecord, result: ScoreResult) -> Decision:
     started = time.perf_counter()
     try:
-        written = gate.run(
-            lambda s: job_queries.complete_job(s, job.id, result, worker_host=runtime.worker_id,
-                                               attempt=job.attempts),
+        written, webhook_due = gate.run(
+            lambda s: (job_queries.complete_job(s, job.id, result, worker_host=runtime.worker_id,
+                                                attempt=job.attempts), _webhook_due(s, job)),
             what=f"saving {job.id}",
         )
     except DatabaseUnavailableError as exc:
@@ -223,11 +225,20 @@ def _save(runtime: Runtime, gate: DatabaseGate, job: JobRecord, result: ScoreRes
     if written:
         log.info("job %s succeeded (attempt %d)", job.id, job.attempts)
         metrics.JOBS.labels("succeeded").inc()
-        fire_if_batch_complete(runtime.db, runtime.settings, job.batch)  # this job may have been its last one
+        if webhook_due:  # this job may have been the batch's last one
+            fire_if_batch_complete(runtime.db, runtime.settings, job.batch, after_job_end=True)
         return Succeeded()
     log.warning("job %s was taken over by another worker before we saved it; our result is dropped", job.id)
     metrics.JOBS.labels("superseded").inc()
     return Superseded()
+
+
+def _webhook_due(session: Session, job: JobRecord) -> bool:
+    """In the transaction that ends the job: does its batch have a webhook to claim after the commit?
+
+    A primary-key look-up instead of a claim's transaction per job; db.queries.batch_webhook_due says why a
+    webhook registered meanwhile is not missed."""
+    return job.batch is not None and queries.batch_webhook_due(session, job.batch)
 
 
 def _ended_by_us(gate: DatabaseGate, runtime: Runtime, job: JobRecord, status: JobStatus) -> bool:
@@ -246,9 +257,10 @@ def _ended_by_us(gate: DatabaseGate, runtime: Runtime, job: JobRecord, status: J
 def _record_failure(runtime: Runtime, gate: DatabaseGate, job: JobRecord, failed: Failed) -> Decision:
     log.info("job %s failed: %s: %s", job.id, failed.kind, failed.message)
     try:
-        written = gate.run(
-            lambda s: job_queries.fail_job(s, job.id, kind=failed.kind, message=failed.message,
-                                           worker_host=runtime.worker_id, attempt=job.attempts),
+        written, webhook_due = gate.run(
+            lambda s: (job_queries.fail_job(s, job.id, kind=failed.kind, message=failed.message,
+                                            worker_host=runtime.worker_id, attempt=job.attempts),
+                       _webhook_due(s, job)),
             what=f"failing {job.id}",
         )
     except DatabaseUnavailableError as exc:
@@ -259,7 +271,8 @@ def _record_failure(runtime: Runtime, gate: DatabaseGate, job: JobRecord, failed
     if written:
         metrics.JOBS.labels("failed").inc()
         metrics.FAILURES.labels(failed.kind).inc()
-        fire_if_batch_complete(runtime.db, runtime.settings, job.batch)
+        if webhook_due:
+            fire_if_batch_complete(runtime.db, runtime.settings, job.batch, after_job_end=True)
         return failed
     metrics.JOBS.labels("superseded").inc()
     return Superseded(stop_worker=failed.stop_worker)
