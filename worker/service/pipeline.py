@@ -75,11 +75,19 @@ def _score_job(job: JobRecord, *, store: VideoStore, engine: Engine, limits: Sta
 def _scored_before(job: JobRecord, spec: ModelSpec, store: VideoStore, find_scored: FindScored,
                    limits: StageLimits) -> ScoreResult | None:
     """Content dedupe (worker.dedupe): the scores of an earlier job on the same ETag, prompt, model, revision
-    and frame count, found with one HEAD and one query instead of a download, a decode and a forward pass."""
+    and frame count, found with one query instead of a decode and a forward pass.
+
+    The ETag is the job's own GET's: a PrefetchingStore (what the task passes) downloads the video now and
+    hands the download to the fetch below on a miss; any other store answers with a HEAD. Only s3:// videos
+    have an ETag, and nothing is fetched early when the checkpoint's revision is unknown (no key to match)."""
+    from videoscore.worker.service.dedupe import PrefetchingStore
+
     started = time.perf_counter()
-    etag = store.etag(job.video_uri)
     revision = checkpoint_revision_of(spec.source)
-    if etag is None or revision == "unknown":
+    if revision == "unknown" or not job.video_uri.lower().startswith("s3://"):
+        return None
+    etag = store.prefetch(job.video_uri).etag if isinstance(store, PrefetchingStore) else store.etag(job.video_uri)
+    if etag is None:
         return None
     num_frames = limits.num_frames_override or spec.num_frames
     earlier = find_scored(ContentKey(etag, job.prompt, job.model, revision, num_frames))

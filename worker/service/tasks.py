@@ -58,7 +58,7 @@ from videoscore.worker.service.decision import (
     Superseded,
     decide,
 )
-from videoscore.worker.service.dedupe import scored_lookup
+from videoscore.worker.service.dedupe import PrefetchingStore, scored_lookup
 from videoscore.worker.service.gate import DatabaseGate, describe
 from videoscore.worker.service.pipeline import score_one_job
 from videoscore.worker.service.runtime import Runtime, current_runtime
@@ -186,11 +186,13 @@ def _score_within_time_limit(runtime: Runtime, job: JobRecord) -> ScoreResult:
     future: Future[ScoreResult] = Future()
 
     def stage() -> None:
-        try:
-            future.set_result(score_one_job(job, store=runtime.store, engine=runtime.engine, limits=runtime.limits,
-                                            find_scored=scored_lookup(runtime.db)))
+        try:  # the job's store: dedupe takes the ETag from the job's own GET (worker.service.dedupe)
+            with PrefetchingStore(runtime.store) as store:
+                future.set_result(score_one_job(job, store=store, engine=runtime.engine, limits=runtime.limits,
+                                                find_scored=scored_lookup(runtime.db)))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting task thread
-            future.set_exception(exc)
+            if not future.done():
+                future.set_exception(exc)
 
     threading.Thread(target=stage, name=f"videoscore-job-{job.id[:8]}", daemon=True).start()
     try:
