@@ -432,6 +432,35 @@ def notes_cell(shape: Shape, args: argparse.Namespace) -> str:
     return f"{shape.notes:.0f}" if args.arch == "full" else "n/a"
 
 
+def check_inputs_on_device(bench: BenchModel, clip: Path, frames: int) -> None:
+    """The device check of the split processor: one video prepared in this thread and collated on the bench's
+    device, against the checkpoint's processor on the CPU (cast to the model's dtype, as the model casts it).
+    Prints the largest difference in units in the last place (0: bit-identical) per input."""
+    pre = bench.preprocessor
+    request = ScoreRequest(frames=sample_video(clip, frames).frames, prompt="a textured square over a gradient")
+    theirs = pre.processor(text=[build_eval_prompt(request.prompt, len(request.frames))],
+                           images=[[Image.fromarray(f) for f in request.frames]], padding="longest",
+                           return_tensors="pt")
+    table = pre.recipe.value_table(pre.processor)
+    ours = pre.recipe.collate([pre.prepare(request)], pad_token_id=pre.pad_token_id or 0, table=table,
+                              device=bench.device, dtype=bench.dtype)
+    sync(bench.device)
+    cells = []
+    for key, value in theirs.items():
+        got = ours[key].cpu()
+        want = value.to(got.dtype)
+        if got.shape != want.shape:
+            cells.append(f"{key}: shape {tuple(got.shape)} vs {tuple(want.shape)}")
+        elif got.is_floating_point():
+            bits = torch.int16 if got.element_size() == 2 else torch.int32
+            ulps = (got.view(bits).long() - want.view(bits).long()).abs().max().item()
+            cells.append(f"{key}: max {ulps} ulp")
+        else:
+            cells.append(f"{key}: {'identical' if torch.equal(got, want) else 'DIFFERENT'}")
+    print(f"inputs collated on {bench.device} ({str(bench.dtype).removeprefix('torch.')}) vs the processor on the "
+          f"CPU, {frames} frames of {clip.stem}: " + "; ".join(cells), flush=True)
+
+
 def max_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True))
 
@@ -525,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"clip={args.video_frames} frames at 24 fps batch={args.batch_size} "
               f"batch_wait_ms={args.batch_wait_ms} concurrency={args.concurrency} peak={args.peak_tflops} TFLOP/s")
 
+        check_inputs_on_device(bench, clips[sizes[-1]][0], max(frame_counts))
         shapes = [Shape(frames, w, h) for frames in frame_counts for w, h in sizes]
         print("\n| frames | size | model input per frame | images | tokens | TFLOP/video notes | TFLOP/video counted |")
         print("|---:|---|---|---:|---:|---:|---:|")
