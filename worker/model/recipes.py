@@ -104,8 +104,9 @@ class Idefics2Recipe(ScoringRecipe):
     model_class = VideoScoreForSequenceClassification
     # Measured (CPU, the checkpoints' processor, PIL backend): peak memory of sampling + preprocessing grows by 4.0-5.0x
     # the frames' bytes per extra byte of frame (8 frames at 720p..4K: the frames, their PIL copies, the
-    # processor's arrays before it resizes to 980 px); on top of that, a fixed ~22 MB a frame of processor
-    # output, which does not depend on the video and is counted as the model's.
+    # processor's arrays before it resizes to 980 px), measured when the processor also made float32 output;
+    # what a job now holds on top is its prepared copy, uint8 at the resized size (at most 980 x 980 x 3, ~2.9 MB
+    # a frame; 1.6 MB for 16:9), counted as the model's.
     frame_copies = 5.0
 
     def __init__(self, num_frames: int = 48) -> None:
@@ -161,8 +162,8 @@ class Qwen2VLRecipe(ScoringRecipe):
     # Of the frames *kept* (resized to qwen-vl-utils' size while decoding where that is smaller, see
     # qwen2_vl.recipe). Measured (CPU): sampling + preprocessing peak at 2.2-3.0x the kept frames' bytes (64-768 frames,
     # 360p-1080p), with a processor that adds little; the checkpoint's own processor then scales each frame to
-    # its 256-640 x 28 x 28 pixels in float32, a working set set by the frame count alone (about 7.6 MB a frame,
-    # 5.9 GB at 768 frames) that is counted as the model's.
+    # its 256-640 x 28 x 28 pixels, kept as uint8 until the device (about 1.9 MB a frame, 1.5 GB at 768 frames; the
+    # float32 patches, 4x that, exist only on the device), counted as the model's.
     frame_copies = 3.0
 
     def load_processor(self, source: str) -> qwen2_vl_recipe.Qwen2VLInputs:

@@ -361,34 +361,62 @@ def preprocess_video(video: torch.Tensor, settings: VisionSettings) -> tuple[np.
     return a copy), ``uint8 -> float64 * rescale_factor -> float32``, ``(x - mean) / std`` in float32; then the
     frames are grouped ``temporal_patch_size`` at a time and cut into ``patch_size`` squares ordered by the
     ``merge_size`` x ``merge_size`` blocks the vision tower merges. Rows of the result are float32 patches of
-    ``3 * temporal_patch_size * patch_size**2`` values.
+    ``3 * temporal_patch_size * patch_size**2`` values. The worker does the same in two halves:
+    ``processor_resize`` in the task thread, the value table and ``patchify`` on the device (``collate_patches``).
     """
-    _, channels, height, width = video.shape
+    frames = processor_resize(video, settings)
+    table = torch.from_numpy(value_table(settings))
+    values = torch.stack([table[channel][frames[..., channel].long()] for channel in range(3)], dim=1)
+    return patchify(values, settings).numpy(), video_grid(frames, settings)
+
+
+def processor_resize(video: torch.Tensor, settings: VisionSettings) -> torch.Tensor:
+    """The image processor's per-frame resize of a (T, 3, H, W) uint8 video: (T', H', W', 3) uint8, T' the frame
+    count padded up to whole ``temporal_patch_size`` groups by repeating the last frame, as the processor pads."""
+    _, _, height, width = video.shape
     factor = settings.patch_size * settings.merge_size
     if settings.do_resize:
         new_h, new_w = hf_smart_resize(height, width, factor, settings.min_pixels, settings.max_pixels)
     else:
         new_h, new_w = height, width
-    mean = np.array(settings.image_mean, dtype=np.float32)
-    std = np.array(settings.image_std, dtype=np.float32)
-    processed = []
-    for frame in video.permute(0, 2, 3, 1).numpy():  # H x W x 3 uint8
+    count = len(video) + (-len(video) % settings.temporal_patch_size)
+    out = torch.empty((count, new_h, new_w, 3), dtype=torch.uint8)
+    target = out.numpy()
+    for position, frame in enumerate(video.permute(0, 2, 3, 1).numpy()):  # H x W x 3 uint8
         if (new_h, new_w) != (height, width):
             frame = np.asarray(Image.fromarray(frame).resize((new_w, new_h), resample=settings.resample))
-        pixels = frame.astype(np.float32)
-        if settings.do_rescale:
-            pixels = (frame.astype(np.float64) * settings.rescale_factor).astype(np.float32)
-        if settings.do_normalize:
-            pixels = (pixels - mean) / std
-        processed.append(pixels.transpose(2, 0, 1))
-    patches = np.stack(processed)
+        target[position] = frame
+    target[len(video):] = target[len(video) - 1]
+    return out
+
+
+def value_table(settings: VisionSettings) -> np.ndarray:
+    """What the processor turns each uint8 value of each channel into after its resize: (3, 256) float32."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 256)).T  # 256 pixels of 3 channels
+    pixels: np.ndarray = values.astype(np.float32)
+    if settings.do_rescale:
+        pixels = (values.astype(np.float64) * settings.rescale_factor).astype(np.float32)
+    if settings.do_normalize:
+        mean = np.array(settings.image_mean, dtype=np.float32)
+        std = np.array(settings.image_std, dtype=np.float32)
+        pixels = ((pixels - mean) / std).astype(np.float32)  # float32 throughout, as the processor computes
+    return np.ascontiguousarray(pixels.T)
+
+
+def video_grid(frames: torch.Tensor, settings: VisionSettings) -> tuple[int, int, int]:
+    """The (t, h, w) patch grid of ``processor_resize``'s output."""
+    count, height, width, _ = frames.shape
+    return count // settings.temporal_patch_size, height // settings.patch_size, width // settings.patch_size
+
+
+def patchify(values: torch.Tensor, settings: VisionSettings) -> torch.Tensor:
+    """(T', 3, H', W') processed values -> the processor's patch rows, a pure rearrangement (any device, dtype)."""
+    count, channels, height, width = values.shape
     tps, ps, ms = settings.temporal_patch_size, settings.patch_size, settings.merge_size
-    if pad := -len(processed) % tps:
-        patches = np.concatenate([patches, np.repeat(patches[-1:], pad, axis=0)])
-    grid_t, grid_h, grid_w = patches.shape[0] // tps, new_h // ps, new_w // ps
-    patches = patches.reshape(grid_t, tps, channels, grid_h // ms, ms, ps, grid_w // ms, ms, ps)
-    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return patches.reshape(grid_t * grid_h * grid_w, channels * tps * ps * ps), (grid_t, grid_h, grid_w)
+    grid_t, grid_h, grid_w = count // tps, height // ps, width // ps
+    patches = values.reshape(grid_t, tps, channels, grid_h // ms, ms, ps, grid_w // ms, ms, ps)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return patches.reshape(grid_t * grid_h * grid_w, channels * tps * ps * ps)
 
 
 # --- steps 1-2 and the batch: the processor-side of the Scorer -----------------------------------------------
@@ -444,10 +472,11 @@ class Qwen2VLInputs:
         return list(self.tokenizer(self.chat_text(prompt))["input_ids"])
 
     def video_patches(self, frames: Sequence[np.ndarray], *, pin_memory: bool = False) -> VideoPatches:
-        """Steps 3-4's pixels for one video: its patches and grid (per video, so in the task's thread)."""
-        patches, grid = preprocess_video(resize_video(frames), self.vision)
-        tensor = torch.from_numpy(patches)
-        return VideoPatches(patches=tensor.pin_memory() if pin_memory else tensor, grid=grid)
+        """Steps 3-4 for one video up to the processor's resize (per video, so in the task's thread): the resized
+        frames, still uint8, and the patch grid; ``collate_patches`` finishes them on the device."""
+        resized = processor_resize(resize_video(frames), self.vision)
+        return VideoPatches(frames=resized.pin_memory() if pin_memory else resized,
+                            grid=video_grid(resized, self.vision), vision=self.vision)
 
     def video_ids(self, prompt: str, grid: tuple[int, int, int]) -> list[int]:
         """Step 2's text with the video's ``<|video_pad|>`` expanded to its ``t * h * w / merge²`` tokens, tokenized."""
@@ -468,19 +497,28 @@ class Qwen2VLInputs:
 
 @dataclass(frozen=True)
 class VideoPatches:
-    """One video's processor output: float32 patch rows and its (t, h, w) grid."""
+    """One video after the processor's resize: (T', H', W', 3) uint8 frames, its (t, h, w) grid, the settings."""
 
-    patches: torch.Tensor
+    frames: torch.Tensor
     grid: tuple[int, int, int]
+    vision: VisionSettings
 
 
 def collate_patches(videos: Sequence[VideoPatches], *, device: torch.device,
                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A batch's ``pixel_values_videos`` (every video's patch rows, in order, in ``dtype``) and ``video_grid_thw``.
-    The vision tower takes the rows unpadded: nothing of a batch's pixels is padding."""
-    pixel_values = torch.cat([video.patches.to(device, non_blocking=True) for video in videos]).to(dtype)
+    """A batch's ``pixel_values_videos`` (every video's patch rows, in order, in ``dtype``) and ``video_grid_thw``,
+    made on ``device``: each uint8 value looked up in the processor's value table, then cut into patches. The
+    vision tower takes the rows unpadded: nothing of a batch's pixels is padding."""
+    rows = []
+    for video in videos:
+        table = torch.from_numpy(value_table(video.vision)).to(device=device, dtype=dtype)
+        frames = video.frames.to(device, non_blocking=True)
+        values = torch.empty((frames.shape[0], 3, *frames.shape[1:3]), dtype=dtype, device=device)
+        for channel in range(3):
+            values[:, channel] = table[channel][frames[..., channel].long()]
+        rows.append(patchify(values, video.vision))
     grids = torch.tensor([video.grid for video in videos], dtype=torch.long).to(device, non_blocking=True)
-    return {"pixel_values_videos": pixel_values, "video_grid_thw": grids}
+    return {"pixel_values_videos": torch.cat(rows), "video_grid_thw": grids}
 
 
 def _checkpoint_file(source: str, name: str) -> Path:
