@@ -21,6 +21,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     exists,
     func,
     literal,
@@ -303,18 +304,10 @@ def find_scored_duplicate(session: Session, key: ContentKey) -> ScoreResult | No
     The frame-count rule: the model card samples min(total, N) frames of a video, so an earlier job matches
     when it sampled exactly N frames, or all of the video's frames and the video has no more than N.
     """
-    same_frames = or_(
-        Job.num_frames == key.num_frames,
-        and_(Job.num_frames == Job.video_total_frames, Job.video_total_frames <= key.num_frames),
-    )
-    query = (
-        select(Job)
-        .where(Job.video_etag == key.video_etag, Job.model == key.model, Job.status == JobStatus.SUCCEEDED.value,
-               Job.model_revision == key.model_revision, Job.prompt == key.prompt, same_frames)
-        .order_by(Job.finished_at)
-        .limit(1)
-    )
-    row = session.scalars(query).first()
+    row = session.connection().execute(_SCORED_DUPLICATE, {
+        "dup_etag": key.video_etag, "dup_model": key.model, "dup_revision": key.model_revision,
+        "dup_prompt": key.prompt, "dup_frames": key.num_frames,
+    }).first()
     if row is None:
         return None
     return ScoreResult(
@@ -327,6 +320,28 @@ def find_scored_duplicate(session: Session, key: ContentKey) -> ScoreResult | No
         download_s=0.0, decode_s=0.0, preprocess_s=0.0, forward_s=0.0,
         deduplicated_from=row.deduplicated_from or row.id,
     )
+
+
+def _scored_duplicate_query() -> Select[Any]:
+    """The dedupe look-up, built once (Core, the columns a ScoreResult takes; index ix_jobs_dedupe)."""
+    jobs = cast(Table, Job.__table__)
+    frames = bindparam("dup_frames", type_=jobs.c.num_frames.type)
+    same_frames = or_(jobs.c.num_frames == frames,
+                      and_(jobs.c.num_frames == jobs.c.video_total_frames, jobs.c.video_total_frames <= frames))
+    columns = ["id", "deduplicated_from", *ASPECTS, "model_revision", "stand_in_model", "num_frames",
+               "frame_indices", "video_etag", "video_bytes", "video_total_frames", "video_fps", "video_duration_s",
+               "video_width", "video_height"]
+    return (
+        select(*(jobs.c[name] for name in columns))
+        .where(jobs.c.video_etag == bindparam("dup_etag"), jobs.c.model == bindparam("dup_model"),
+               jobs.c.status == JobStatus.SUCCEEDED.value, jobs.c.model_revision == bindparam("dup_revision"),
+               jobs.c.prompt == bindparam("dup_prompt"), same_frames)
+        .order_by(jobs.c.finished_at)
+        .limit(1)
+    )
+
+
+_SCORED_DUPLICATE = _scored_duplicate_query()
 
 
 # --- batch owners and webhooks -------------------------------------------------------------------------------
@@ -398,8 +413,12 @@ def batch_webhook_due(session: Session, batch: str) -> bool:
     is claimed by its registration (`claim_batch_webhook`, which waits for this transaction on PostgreSQL; on
     SQLite the registration's write cannot commit while this transaction holds the write lock).
     """
-    return bool(session.scalar(select(exists().where(
-        Batch.name == batch, Batch.webhook_url.is_not(None), Batch.webhook_sent_at.is_(None)))))
+    return bool(session.connection().execute(_WEBHOOK_DUE, {"due_batch": batch}).scalar())
+
+
+_BATCHES = cast(Table, Batch.__table__)
+_WEBHOOK_DUE = select(exists().where(_BATCHES.c.name == bindparam("due_batch"), _BATCHES.c.webhook_url.is_not(None),
+                                     _BATCHES.c.webhook_sent_at.is_(None)))
 
 
 def claim_batch_webhook(session: Session, batch: str, *, at: datetime | None = None,
