@@ -88,7 +88,7 @@ class Database:
         with self._sessions.begin() as session:
             yield session
 
-    def run(self, work: Callable[[Session], T]) -> T:
+    def run(self, work: Callable[[Session], T], *, one_statement: bool = False) -> T:
         """`work(session)` in one transaction, run once more if it failed because its connection was dead.
 
         The second run gets a fresh connection (SQLAlchemy invalidated the dead one, and the pooled ones older
@@ -97,16 +97,24 @@ class Database:
         So only pass work that is safe to apply twice: reads, and conditional writes whose second run is a
         no-op or an outcome the caller checks (worker.service.gate says why each task's unit is). Any other
         error, or a second disconnect, is raised.
+
+        `one_statement`: `work` runs a single statement, which is then its own transaction (autocommit: no
+        BEGIN and COMMIT round trips around it). For reads: a write would commit even when reading back its
+        result fails (e.g. a row that is not valid UTF-8 in SQLite), where a transaction would roll it back.
         """
         try:
-            with self.transaction() as session:
-                return work(session)
+            return self._run_once(work, one_statement)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             log.info("database connection was closed under a transaction (%s); running it again on a new one",
                      type(exc.orig).__name__)
+        return self._run_once(work, one_statement)
+
+    def _run_once(self, work: Callable[[Session], T], one_statement: bool) -> T:
         with self.transaction() as session:
+            if one_statement:
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             return work(session)
 
     def dispose(self) -> None:

@@ -35,7 +35,8 @@ def scored_lookup(db: Database) -> FindScored:
 
     def find(key: ContentKey) -> ScoreResult | None:
         try:
-            return db.run(lambda session: queries.find_scored_duplicate(session, key))  # a read: safe to rerun
+            # one SELECT: safe to run again, and a read needs no BEGIN and COMMIT around it
+            return db.run(lambda session: queries.find_scored_duplicate(session, key), one_statement=True)
         except SQLAlchemyError as exc:
             log.warning("dedupe look-up skipped (database: %s); scoring the job", type(exc).__name__)
             return None
