@@ -106,10 +106,11 @@ def test_what_waits_for_the_device_is_uint8_and_a_quarter_of_the_processors_byte
 
 
 def test_the_scorer_gives_the_scores_of_the_processors_inputs(stand_in_checkpoint: Path) -> None:
+    batch = [MIXED[1], MIXED[3]]  # padded in size and in image count, and small enough for a quick forward
     with Scorer.load(resolve_model(str(stand_in_checkpoint)), device="cpu") as scorer:
-        ours = [s.as_list() for s in scorer.score(MIXED).scores]
+        ours = [s.as_list() for s in scorer.score(batch).scores]
         with torch.inference_mode():
-            theirs = scorer._require_model()(**processor_inputs(scorer._processor, MIXED)).logits.tolist()
+            theirs = scorer._require_model()(**processor_inputs(scorer._processor, batch)).logits.tolist()
     assert ours == theirs  # identical inputs, identical forward: equal to the last bit
 
 
