@@ -18,10 +18,12 @@ batches that always waited ``batch_wait_ms`` to fill.
 
 First, CPU seconds per 48-frame 720p video by stage, one video at a time (decode with and without skipping
 non-reference frames; outside the forward pass before and after). Then per row: videos/s; device busy
-(simulated forward time over wall time); mean batch size; the process's CPU seconds per video (all threads:
-FFmpeg decodes on threads of its own), of which the task thread's preprocessing and the engine thread's own
-work; the engine thread's non-forward time per batch; and the cores one such device needs so that the CPU side
-keeps up (CPU-s per video x the device's videos/s at full batches). Nothing is asserted.
+(simulated forward time over wall time, and over the time from the first batch's start to the last one's end,
+which leaves out the ramp-up while the first videos are decoded); mean batch size; the process's CPU seconds
+per video (all threads: FFmpeg decodes on threads of its own), of which the task thread's preprocessing and
+the engine thread's own work; the engine thread's non-forward time per batch; and the cores one such device
+needs so that the CPU side keeps up (CPU-s per video x the device's videos/s at full batches). Nothing is
+asserted.
 
     .venv/bin/python bench/device_sim.py                      # compare + the matrix (several minutes on 2 cores)
     .venv/bin/python bench/device_sim.py --only-compare       # before vs after at 720p, 48 frames
@@ -81,9 +83,16 @@ class DeviceLog:
     """What the simulated device did: its busy seconds and the engine thread's own CPU per batch."""
 
     busy_s: float = 0.0
+    first_start: float | None = None  # perf_counter when the first batch reached the engine thread
+    last_end: float = 0.0
     batches: list[int] = field(default_factory=list)
     host_cpu_s: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def started(self, at: float) -> None:
+        with self.lock:
+            if self.first_start is None:
+                self.first_start = at
 
 
 def resized_patches(width: int, height: int) -> int:
@@ -113,6 +122,7 @@ class SimulatedDevice:
 
     def score_prepared(self, batch: Sequence[PreparedRequest]) -> BatchResult:
         started_cpu, started = time.thread_time(), time.perf_counter()
+        self._log.started(started)
         self._pre.recipe.collate(batch, pad_token_id=self._pre.pad_token_id or 0, table=self._table, device=META,
                                  dtype=torch.bfloat16)
         host_cpu, collated = time.thread_time() - started_cpu, time.perf_counter()
@@ -123,6 +133,7 @@ class SimulatedDevice:
         forward_s = self._cost.forward_s([p for video in patches for p in video])
         time.sleep(forward_s)
         with self._log.lock:
+            self._log.last_end = time.perf_counter()
             self._log.busy_s += forward_s
             self._log.batches.append(len(batch))
             self._log.host_cpu_s.append(host_cpu)
@@ -157,6 +168,7 @@ class BeforeDevice(SimulatedDevice):
         started_cpu, started = time.thread_time(), time.perf_counter()
         texts = [build_eval_prompt(p.prompt, p.num_frames) for p in batch]
         images = [[Image.fromarray(frame) for frame in p.inputs] for p in batch]
+        self._log.started(started)
         inputs = self._pre.processor(text=texts, images=images, padding="longest", return_tensors="pt")
         inputs["pixel_values"].to(torch.bfloat16)  # the cast the old path did on the way to the device
         host_cpu, collated = time.thread_time() - started_cpu, time.perf_counter()
@@ -176,6 +188,7 @@ class Row:
     wall_s: float
     process_cpu_s: float  # every thread of the process over the row: FFmpeg's decoding threads too
     busy_s: float
+    steady_s: float  # from the first batch's start to the last batch's end: the row without its ramp-up
     batches: list[int]
     decode_cpu: list[float]
     prepare_cpu: list[float]
@@ -188,16 +201,18 @@ class Row:
     def line(self, device_videos_per_s: float) -> str:
         cores = self.cpu_per_video * device_videos_per_s
         return (f"| {self.mode} | {self.size} | {self.frames} | {self.concurrency} | {self.videos / self.wall_s:.2f} "
-                f"| {100 * self.busy_s / self.wall_s:.0f}% | {statistics.fmean(self.batches):.1f} "
+                f"| {100 * self.busy_s / self.wall_s:.0f}% | {100 * self.busy_s / self.steady_s:.0f}% "
+                f"| {statistics.fmean(self.batches):.1f} "
                 f"| {self.cpu_per_video:.2f} | {statistics.fmean(self.prepare_cpu):.2f} "
                 f"| {sum(self.host_cpu) / self.videos:.2f} | {1000 * statistics.fmean(self.host_cpu):.0f} "
                 f"| {cores:.1f} |")
 
 
-HEADER = ("| path | clip | frames | concurrency | videos/s | device busy | mean batch | CPU-s/video, all threads "
+HEADER = ("| path | clip | frames | concurrency | videos/s | device busy | busy from the first batch | mean batch "
+          "| CPU-s/video, all threads "
           "| preprocess CPU-s/video (task thread) | engine-thread CPU-s/video | engine-thread ms/batch outside "
           "the forward | cores to keep one device busy |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def run_row(mode: str, spec: ModelSpec, clip: Path, size: str, frames: int, concurrency: int, args: argparse.Namespace,
@@ -234,8 +249,9 @@ def run_row(mode: str, spec: ModelSpec, clip: Path, size: str, frames: int, conc
         list(pool.map(job, range(args.videos)))
     wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     engine.stop()
-    return Row(mode, size, frames, concurrency, args.batch_size, args.videos, wall, cpu, log.busy_s, log.batches,
-               decode_cpu, prepare_cpu, log.host_cpu_s)
+    steady = log.last_end - (log.first_start if log.first_start is not None else started)
+    return Row(mode, size, frames, concurrency, args.batch_size, args.videos, wall, cpu, log.busy_s, steady,
+               log.batches, decode_cpu, prepare_cpu, log.host_cpu_s)
 
 
 def stage_cpu(spec: ModelSpec, preprocessor: Preprocessor, clip: Path, frames: int, repeats: int) -> None:
