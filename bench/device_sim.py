@@ -221,7 +221,8 @@ def run_row(mode: str, spec: ModelSpec, clip: Path, size: str, frames: int, conc
     cost = CostModel(scale=args.frame_ms / 10.0)
     if mode == "after":
         engine = Engine(lambda s: SimulatedDevice(s, preprocessor, cost, log), lambda s: preprocessor,
-                        batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms, jobs_announce=True)
+                        batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms,
+                        jobs_announce=not args.no_announce)
     else:
         engine = Engine(lambda s: BeforeDevice(s, preprocessor, cost, log), lambda s: BeforePreprocessor(preprocessor),
                         batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms)
@@ -316,6 +317,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clip-seconds", type=float, default=4.0)
     parser.add_argument("--frame-ms", type=float, default=10.0, help="device ms per 720p frame (cost model scale)")
     parser.add_argument("--stage-repeats", type=int, default=5, help="0: skip the per-stage CPU table")
+    parser.add_argument("--no-announce", action="store_true",
+                        help="the matrix's engine waits batch_wait_ms for every batch to fill, as it did before")
     parser.add_argument("--only-compare", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     return parser.parse_args()
