@@ -4,6 +4,7 @@ which the demo and the benchmarks use too), and ``layout_of``, what a written vi
 from pathlib import Path
 
 import av
+import numpy as np
 
 from videoscore.worker.testing.media import (  # noqa: F401
     FRAME_NUMBER_BITS,
@@ -32,3 +33,10 @@ def layout_of(path: Path) -> dict:
             "fps": float(stream.average_rate),
             "keyframes": [number for number, (_, keyframe) in enumerate(packets) if keyframe],
         }
+
+
+def assert_same_pixels(left: list[np.ndarray], right: list[np.ndarray]) -> None:
+    assert len(left) == len(right)
+    for position, (a, b) in enumerate(zip(left, right)):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.uint8, position
+        assert np.array_equal(a, b), f"frame at position {position} differs"

@@ -17,6 +17,7 @@ import pytest
 
 import videoscore.worker.video.frames as frames_module
 from tests.media import (
+    assert_same_pixels,
     frame_number_of,
     make_audio_only,
     make_not_a_video,
@@ -130,13 +131,6 @@ CLIP_NAMES = [
     "MPEG-TS (seeks by decode time)",
     "HEVC, open GOP (mkv)",
 ]
-
-
-def assert_same_pixels(left: list[np.ndarray], right: list[np.ndarray]) -> None:
-    assert len(left) == len(right)
-    for position, (a, b) in enumerate(zip(left, right)):
-        assert a.shape == b.shape and a.dtype == b.dtype == np.uint8, position
-        assert np.array_equal(a, b), f"frame at position {position} differs"
 
 
 @pytest.mark.parametrize("clip", CLIP_NAMES)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import videoscore.worker.video.frames as frames_module
+from tests.media import assert_same_pixels
 from videoscore.core.errors import VideoDecodeError
 from videoscore.worker.testing.media import draw_frame, frame_number_of, make_video
 from videoscore.worker.video.frames import probe_video, read_frames, sample_indices, sample_video
@@ -120,13 +121,6 @@ def nal_ref_idc_by_frame(path: Path) -> dict[int, int]:
 
 def non_reference_frames(path: Path) -> list[int]:
     return sorted(number for number, ref_idc in nal_ref_idc_by_frame(path).items() if ref_idc == 0)
-
-
-def assert_same_pixels(left: list[np.ndarray], right: list[np.ndarray]) -> None:
-    assert len(left) == len(right)
-    for position, (a, b) in enumerate(zip(left, right)):
-        assert a.shape == b.shape and a.dtype == b.dtype == np.uint8, position
-        assert np.array_equal(a, b), f"frame at position {position} differs"
 
 
 @pytest.mark.parametrize("clip", CLIP_NAMES)

@@ -147,10 +147,6 @@ class Engine:
             self._submitted(locked=True)
         return future
 
-    def check_prompt(self, spec: ModelSpec, prompt: str, num_frames: int | None = None) -> None:
-        """Raise what ``submit`` would for ``prompt`` before anything is downloaded or decoded."""
-        self.preprocessor(spec).check_prompt(prompt, num_frames)
-
     def preprocessor(self, spec: ModelSpec) -> PreprocessorProtocol:
         """``spec``'s preprocessor, loaded on first use (in the caller's thread); raises ModelLoadError when
         the model cannot load, and remembers that like a failed model load."""
